@@ -1,0 +1,497 @@
+"""Pairs lesion images with their masks, splits them, and feeds batches to Keras.
+
+Pairing follows the ISIC rule: image `<id>.<ext>` goes with mask `<id>_segmentation.png`, matched by
+id, never by position. Images are read as RGB and scaled to [0, 1]; masks are resized with nearest
+neighbour and binarised at 128, so they stay strictly {0, 1}.
+
+Run `python dataGenerator.py --data DIR` to list the pairs, see the split sizes and save a figure of
+one augmented training batch.
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+
+import keras
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from errors import InputError, run_cli
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+MASK_SUFFIX = "_segmentation.png"
+DEFAULT_IMAGE_SIZE = (128, 128)
+DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+_MAX_LISTED = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One image and its mask, by id."""
+
+    id: str
+    image_path: str
+    mask_path: str
+
+
+def resolve_folders(data=None, images=None, masks=None):
+    """Turns `--data` or `--images/--masks` into the two folders, checking they exist.
+
+    Args:
+        data: a folder holding `images/` and `masks/`, or `None`.
+        images: the images folder (used when `data` is `None`).
+        masks: the masks folder (used when `data` is `None`).
+
+    Returns:
+        `(images_dir, masks_dir)`.
+
+    Raises:
+        InputError: the folders are missing or the arguments are inconsistent.
+    """
+    if data is not None:
+        if images is not None or masks is not None:
+            raise InputError("give either --data DIR or --images DIR --masks DIR, not both")
+        if not os.path.isdir(data):
+            raise InputError(f"{data}: data folder not found; pass a folder holding images/ and masks/")
+        images, masks = os.path.join(data, "images"), os.path.join(data, "masks")
+        for folder in (images, masks):
+            if not os.path.isdir(folder):
+                raise InputError(
+                    f"{folder}: not found; --data DIR needs DIR/images and DIR/masks "
+                    "(or pass --images DIR --masks DIR)"
+                )
+    elif images is None or masks is None:
+        raise InputError("give --data DIR, or both --images DIR and --masks DIR")
+    for folder, what in ((images, "images"), (masks, "masks")):
+        if not os.path.isdir(folder):
+            raise InputError(f"{folder}: {what} folder not found")
+    return images, masks
+
+
+def _listed(names):
+    shown = ", ".join(sorted(names)[:_MAX_LISTED])
+    more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+    return shown + more
+
+
+def _scan(folder, accept):
+    """Maps id -> path for the files in `folder` that `accept(name)` turns into an id."""
+    found, ignored = {}, 0
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        sample_id = accept(name) if not name.startswith(".") and os.path.isfile(path) else None
+        if sample_id is None:
+            ignored += 1
+        elif sample_id in found:
+            raise InputError(
+                f"{path}: a second file for id {sample_id!r} (also {found[sample_id]}); keep one"
+            )
+        else:
+            found[sample_id] = path
+    if ignored:
+        log.info("note: ignored %d file(s) in %s that are not %s", ignored, folder,
+                 "images" if accept is image_id_of else f"*{MASK_SUFFIX} masks")
+    return found
+
+
+def image_id_of(name):
+    """Returns the id of an image file name (`ISIC_001.JPG` -> `ISIC_001`), or `None` if not an image."""
+    stem, ext = os.path.splitext(name)
+    return stem if ext.lower() in IMAGE_EXTENSIONS else None
+
+
+def _mask_id(name):
+    return name[: -len(MASK_SUFFIX)] if name.lower().endswith(MASK_SUFFIX) else None
+
+
+def find_pairs(images_dir, masks_dir, skip_unpaired=False):
+    """Pairs `images_dir/<id>.<ext>` with `masks_dir/<id>_segmentation.png` by id.
+
+    Files that are neither images nor masks (`LICENSE.txt`, `.DS_Store`, ...) are ignored and
+    counted in a log note.
+
+    Args:
+        images_dir: folder of images (.jpg, .jpeg, .png, .bmp, .tif, .tiff, any case).
+        masks_dir: folder of masks named `<id>_segmentation.png`.
+        skip_unpaired: drop images without masks and masks without images with a warning, instead
+            of raising.
+
+    Returns:
+        A list of `Pair`, sorted by id.
+
+    Raises:
+        InputError: a folder holds no usable file, or some files have no partner.
+    """
+    images = _scan(images_dir, image_id_of)
+    masks = _scan(masks_dir, _mask_id)
+    if not images:
+        raise InputError(f"{images_dir}: no images found (expected <id>.jpg/.png/...)")
+    if not masks:
+        raise InputError(f"{masks_dir}: no masks found (expected <id>{MASK_SUFFIX})")
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    problems = []
+    if no_mask:
+        problems.append(f"{len(no_mask)} image(s) in {images_dir} without a mask: {_listed(no_mask)}")
+    if no_image:
+        problems.append(f"{len(no_image)} mask(s) in {masks_dir} without an image: {_listed(no_image)}")
+    if problems and not skip_unpaired:
+        raise InputError("; ".join(problems) + "; add the missing files or pass --skip-unpaired")
+    for problem in problems:
+        log.warning("warning: skipping %s", problem)
+    pairs = [Pair(i, images[i], masks[i]) for i in sorted(set(images) & set(masks))]
+    if not pairs:
+        raise InputError(f"{images_dir} and {masks_dir}: no image has a mask")
+    return pairs
+
+
+def split_pairs(pairs, fractions=DEFAULT_SPLIT, seed=0):
+    """Splits pairs at random, reproducibly, into train / val / test ids.
+
+    Args:
+        pairs: list of `Pair`.
+        fractions: train, validation and test fractions, summing to 1.
+        seed: the split's seed.
+
+    Returns:
+        A dict `{"train": [...], "val": [...], "test": [...]}` of sorted ids; each split gets at least
+        one id when there are three pairs or more.
+
+    Raises:
+        ValueError: the fractions are not three non-negative numbers summing to 1.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions must be three numbers >= 0 summing to 1, got {fractions}")
+    ids = sorted(pair.id for pair in pairs)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = round(len(ids) * fractions[1])
+    n_test = round(len(ids) * fractions[2])
+    if len(ids) >= 3:
+        n_val, n_test = max(n_val, fractions[1] > 0), max(n_test, fractions[2] > 0)
+    test = [ids[i] for i in order[:n_test]]
+    val = [ids[i] for i in order[n_test : n_test + n_val]]
+    train = [ids[i] for i in order[n_test + n_val :]]
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def select_pairs(pairs, ids, source="the split"):
+    """Returns the pairs with the given ids, in that order.
+
+    Raises:
+        InputError: an id has no pair in the data folders.
+    """
+    by_id = {pair.id: pair for pair in pairs}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise InputError(
+            f"{source} names {len(missing)} id(s) missing from the data: {_listed(missing)}; "
+            "point --data at the folder the run was trained on"
+        )
+    return [by_id[i] for i in ids]
+
+
+def _open(path, kind):
+    """Opens and fully decodes an image file, or raises InputError naming it."""
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read this {kind} ({error}); replace or remove the file") from None
+
+
+def _to_rgb(image):
+    """Converts any PIL mode (L, LA, P, RGBA, I;16, I, F, CMYK) to 8-bit RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / scale * 255.0, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def read_image(path, size=None):
+    """Reads an image as 8-bit RGB, optionally resized.
+
+    Large JPEGs are decoded at a reduced scale (PIL draft mode) when a smaller size is asked for, so
+    a 6000x4000 photo never sits in memory at full size.
+
+    Args:
+        path: image file.
+        size: `(height, width)` to resize to with area-style (antialiased bilinear) filtering, or
+            `None` to keep the file's size.
+
+    Returns:
+        A `uint8` array of shape `(height, width, 3)`.
+
+    Raises:
+        InputError: the file is missing, truncated or not an image.
+    """
+    image = _open(path, "image")
+    try:
+        if size is not None and image.format == "JPEG":
+            image.draft("RGB", (size[1], size[0]))
+        image = _to_rgb(image)
+        if size is not None and image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InputError(f"{path}: cannot decode this image ({error}); replace or remove the file") from None
+
+
+def read_mask(path, size=None):
+    """Reads a mask as {0, 1}, binarised at 128, optionally resized with nearest neighbour.
+
+    Args:
+        path: mask file (any mode; colour masks are converted to grey first).
+        size: `(height, width)` or `None`.
+
+    Returns:
+        A `uint8` array of shape `(height, width)` holding only 0 and 1.
+
+    Raises:
+        InputError: the file is missing, truncated or not an image.
+    """
+    image = _open(path, "mask")
+    try:
+        grey = np.asarray(_to_rgb(image).convert("L"))
+        mask = (grey >= 128).astype(np.uint8)
+        if size is not None and mask.shape != tuple(size):
+            mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+        return mask
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InputError(f"{path}: cannot decode this mask ({error}); replace or remove the file") from None
+
+
+def image_size_of(path):
+    """Returns `(height, width)` of an image file from its header, without decoding it."""
+    width, height = _open(path, "image").size
+    return height, width
+
+
+def _load_pair(pair, image_size):
+    image_shape, mask_shape = image_size_of(pair.image_path), image_size_of(pair.mask_path)
+    if image_shape != mask_shape:
+        raise InputError(
+            f"{pair.mask_path}: mask is {mask_shape[1]}x{mask_shape[0]} but its image "
+            f"{pair.image_path} is {image_shape[1]}x{image_shape[0]} (width x height); "
+            "masks must match their images"
+        )
+    return read_image(pair.image_path, image_size), read_mask(pair.mask_path, image_size)
+
+
+def load_arrays(pairs, image_size=DEFAULT_IMAGE_SIZE, progress=True):
+    """Decodes and resizes every pair once, in parallel threads.
+
+    Args:
+        pairs: list of `Pair`.
+        image_size: `(height, width)` to resize to.
+        progress: show a progress bar.
+
+    Returns:
+        `(images, masks)`: `uint8` arrays of shapes `(n, h, w, 3)` and `(n, h, w)`, masks in {0, 1}.
+    """
+    height, width = image_size
+    images = np.empty((len(pairs), height, width, 3), dtype=np.uint8)
+    masks = np.empty((len(pairs), height, width), dtype=np.uint8)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        loaded = pool.map(lambda pair: _load_pair(pair, image_size), pairs)
+        for index, (image, mask) in enumerate(
+            tqdm(loaded, total=len(pairs), desc="Loading", unit="img", disable=not progress,
+                 leave=False)
+        ):
+            images[index], masks[index] = image, mask
+    return images, masks
+
+
+def build_augmentation(image_size, seed):
+    """Returns the training augmentation: flips, 90-degree turns, small affine, colour jitter.
+
+    Geometric transforms move image and mask together (mask with nearest neighbour). Turns by 90
+    degrees are used only for square sizes, since they would swap height and width.
+
+    Args:
+        image_size: `(height, width)` of the samples.
+        seed: the pipeline's seed.
+
+    Returns:
+        An `albumentations.Compose`.
+    """
+    # albumentations otherwise looks for a newer release over the network on import.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import random
+
+    import albumentations as A
+    import cv2
+
+    geometric = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    if image_size[0] == image_size[1]:
+        geometric.append(A.RandomRotate90(p=0.5))
+    pipeline = A.Compose(
+        geometric
+        + [
+            A.Affine(
+                scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-20, 20),
+                border_mode=cv2.BORDER_REFLECT_101, p=0.5,
+            ),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
+        ],
+    )
+    # One shared stream for all transforms. `Compose(seed=...)` seeds every transform with the same
+    # seed, so their draws coincide and they apply all together or not at all (albumentations 2.0).
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    return pipeline
+
+
+class LesionDataset(keras.utils.PyDataset):
+    """Batches of `(images, masks)` for Keras, decoded once and kept in memory as `uint8`.
+
+    Batches walk through a seeded permutation of the samples that is drawn anew at every epoch end
+    (when `shuffle`); the last batch may be smaller, so every sample is seen exactly once an epoch.
+    Augmentation of batch `i` in epoch `e` is seeded from `(seed, e, i)`, so it does not depend on
+    which worker thread makes the batch.
+
+    Args:
+        pairs: list of `Pair`.
+        image_size: `(height, width)` of the batches.
+        batch_size: samples per batch.
+        augment: apply `build_augmentation` (training only).
+        shuffle: reshuffle the order every epoch.
+        seed: seed of the order and the augmentation.
+        arrays: optional `(images, masks)` already loaded by `load_arrays`, to skip decoding.
+        progress: show a progress bar while decoding.
+        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `keras.utils.PyDataset`.
+
+    Returns batches of `float32` images in [0, 1], shape `(b, h, w, 3)`, and `float32` masks in
+    {0, 1}, shape `(b, h, w, 1)`.
+    """
+
+    def __init__(self, pairs, image_size=DEFAULT_IMAGE_SIZE, batch_size=16, augment=False,
+                 shuffle=False, seed=0, arrays=None, progress=True, **kwargs):
+        super().__init__(**kwargs)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.pairs = list(pairs)
+        self.image_size = tuple(image_size)
+        self.batch_size = batch_size
+        self.augment = augment
+        self.shuffle = shuffle
+        self.seed = seed
+        self.images, self.masks = arrays if arrays is not None else load_arrays(
+            self.pairs, self.image_size, progress)
+        self.epoch = 0
+        self.order = self._order_for_epoch(0)
+
+    def _order_for_epoch(self, epoch):
+        if not self.shuffle:
+            return np.arange(len(self.pairs))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs))
+
+    def __len__(self):
+        return math.ceil(len(self.pairs) / self.batch_size)
+
+    def batch_ids(self, index):
+        """Returns the sample indices of batch `index` in the current epoch."""
+        return self.order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range for {len(self)} batches")
+        ids = self.batch_ids(index)
+        images, masks = self.images[ids], self.masks[ids]
+        if self.augment:
+            seed = np.random.default_rng([self.seed, self.epoch, index]).integers(2**31)
+            transform = build_augmentation(self.image_size, seed=int(seed))
+            out = [transform(image=image, mask=mask) for image, mask in zip(images, masks)]
+            images = np.stack([o["image"] for o in out])
+            masks = np.stack([o["mask"] for o in out])
+        return images.astype(np.float32) / 255.0, masks[..., None].astype(np.float32)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order_for_epoch(self.epoch)
+
+
+def save_json(obj, path):
+    """Writes JSON atomically: a temporary file, then a rename."""
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    with open(tmp_path, "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp_path, path)
+
+
+def load_split(path):
+    """Reads a `split.json` written by `save_json(split_pairs(...))`.
+
+    Raises:
+        InputError: the file is missing or not a split.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            split = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read the split ({error})") from None
+    if not isinstance(split, dict) or not {"train", "val", "test"} <= set(split):
+        raise InputError(f"{path}: not a split file (needs train, val and test lists)")
+    return split
+
+
+def add_data_arguments(parser, required=False):
+    """Adds `--data`, `--images`, `--masks` and `--skip-unpaired` to an argparse parser."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default=None,
+                       help="folder holding images/ and masks/ (ISIC naming: <id>.jpg with "
+                            "<id>_segmentation.png)" + ("" if required else "; default: %(default)s"))
+    group.add_argument("--images", default=None,
+                       help="images folder, e.g. ISIC2018_Task1-2_Training_Input (with --masks)")
+    group.add_argument("--masks", default=None,
+                       help="masks folder, e.g. ISIC2018_Task1_Training_GroundTruth (with --images)")
+    group.add_argument("--skip-unpaired", action="store_true",
+                       help="skip images without masks and masks without images, with a warning, "
+                            "instead of stopping (default: stop)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="List image/mask pairs, show the split sizes and save a figure of one batch.")
+    add_data_arguments(parser)
+    parser.add_argument("--image-size", type=int, nargs=2, default=list(DEFAULT_IMAGE_SIZE),
+                        metavar=("H", "W"), help="batch image size (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images in the figure (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="split and augmentation seed (default: %(default)s)")
+    parser.add_argument("--no-augment", action="store_true", help="show the batch without augmentation")
+    parser.add_argument("--figure", default="batch.png", help="where to save the batch figure (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    import plots
+
+    images_dir, masks_dir = resolve_folders(args.data, args.images, args.masks)
+    pairs = find_pairs(images_dir, masks_dir, args.skip_unpaired)
+    split = split_pairs(pairs, seed=args.seed)
+    print(f"{len(pairs)} pairs in {images_dir} + {masks_dir}")
+    for pair in pairs[:5]:
+        print(f"  {pair.id}: {os.path.basename(pair.image_path)} + {os.path.basename(pair.mask_path)}")
+    if len(pairs) > 5:
+        print(f"  ... and {len(pairs) - 5} more")
+    print("split (seed {}): train {}, val {}, test {}".format(
+        args.seed, len(split["train"]), len(split["val"]), len(split["test"])))
+    train = select_pairs(pairs, split["train"])[: args.batch_size]
+    dataset = LesionDataset(train, args.image_size, args.batch_size, augment=not args.no_augment,
+                            shuffle=False, seed=args.seed)
+    images, masks = dataset[0]
+    plots.save_batch_figure(images, masks[..., 0], args.figure, titles=[p.id for p in train])
+    print(f"saved one {'augmented ' if not args.no_augment else ''}batch to {args.figure}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,35 @@
+"""The project's error for bad input, and the wrapper that turns it into one line and exit code 2."""
+
+import logging
+import sys
+
+
+class InputError(ValueError):
+    """Bad input from the user: a file or folder that is missing, unreadable or inconsistent.
+
+    The message names the file or folder and says what to do; command-line tools print it as one
+    line, without a traceback, and exit with status 2.
+    """
+
+
+def run_cli(main, argv=None):
+    """Runs a script's `main(argv)`, turning `InputError` into one line on stderr and status 2.
+
+    Args:
+        main: the script's `main(argv=None)`.
+        argv: arguments, or `None` for `sys.argv[1:]`.
+
+    Returns:
+        The process exit status: `main`'s own (0 when it returns `None`), 2 for bad input, or 130
+        when interrupted.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        status = main(argv)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return status or 0

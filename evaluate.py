@@ -1,0 +1,192 @@
+"""Reports per-image test metrics of a saved model, at each mask's own resolution.
+
+    python evaluate.py runs/my_run                 # that run's test split
+    python evaluate.py runs/my_run/best.keras --data DIR   # every pair in DIR
+    python evaluate.py --data DIR                  # the pre-trained model on every pair in DIR
+
+Predictions are made at the model's input size, resized back (bilinear) to each mask's size,
+thresholded at 0.5 and scored per image (see `metrics.py` for the metrics and the empty-mask rule).
+Writes `metrics.json`, `per_image.csv` and `cases.png` (best, median and worst cases) to `--out`.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+import dataGenerator
+import inference
+import metrics
+import plots
+from errors import InputError, run_cli
+
+
+def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, threshold=0.5, progress=True):
+    """Scores a model on image/mask pairs, one row of metrics per image.
+
+    Args:
+        model: a segmentation model with a fixed input size.
+        pairs: list of `dataGenerator.Pair`.
+        batch_size: images per model call.
+        tta: flip test-time augmentation.
+        postprocess: keep the largest region and fill holes.
+        threshold: probability threshold.
+        progress: show a progress bar.
+
+    Returns:
+        A list of dicts: `id` and each of `metrics.REPORT_METRICS`, in the order of `pairs`.
+
+    Raises:
+        InputError: a file cannot be read, or a mask's size differs from its image's.
+    """
+    rows = []
+    predictions = inference.predict_files(model, [p.image_path for p in pairs], batch_size, tta,
+                                          progress, desc="Evaluating")
+    for pair, (_, probability) in zip(pairs, predictions):
+        truth = dataGenerator.read_mask(pair.mask_path)
+        if truth.shape != probability.shape:
+            raise InputError(
+                f"{pair.mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but its image is "
+                f"{probability.shape[1]}x{probability.shape[0]}; masks must match their images")
+        prediction = inference.to_mask(probability, threshold, postprocess)
+        rows.append({"id": pair.id, **metrics.score_masks(prediction, truth)})
+    return rows
+
+
+def pick_cases(rows):
+    """Returns `[(label, row)]` for the best, median and worst rows by Dice."""
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])
+    picks = [("best", order[-1]), ("median", order[len(order) // 2]), ("worst", order[0])]
+    return [(label, rows[index]) for label, index in picks]
+
+
+def save_cases(model, pairs, rows, path, tta=False, postprocess=False, threshold=0.5, title="Test cases"):
+    """Draws the best, median and worst cases (image, ground truth, prediction) to `path`."""
+    by_id = {pair.id: pair for pair in pairs}
+    cases = []
+    for label, row in pick_cases(rows):
+        pair = by_id[row["id"]]
+        _, probability = next(inference.predict_files(model, [pair.image_path], 1, tta, progress=False))
+        cases.append({
+            "label": label, "id": row["id"], "dice": row["dice"],
+            "image": dataGenerator.read_image(pair.image_path),
+            "truth": dataGenerator.read_mask(pair.mask_path).astype(bool),
+            "prediction": inference.to_mask(probability, threshold, postprocess),
+        })
+    plots.save_cases_figure(cases, path, title)
+
+
+def write_report(rows, out_dir, settings):
+    """Writes `metrics.json` (means, medians, image count, settings) and `per_image.csv`.
+
+    Returns:
+        The summary dict written to `metrics.json`.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    summary = {**metrics.summarize(rows), "settings": settings}
+    dataGenerator.save_json(summary, os.path.join(out_dir, "metrics.json"))
+    csv_path = os.path.join(out_dir, "per_image.csv")
+    tmp_path = f"{csv_path}.tmp{os.getpid()}"
+    with open(tmp_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", *metrics.REPORT_METRICS])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value) for key, value in row.items()})
+    os.replace(tmp_path, csv_path)
+    return summary
+
+
+def format_table(summary):
+    """Returns the summary as a small text table: mean and median of each metric."""
+    lines = [f"{'metric':<18}{'mean':>8}{'median':>9}"]
+    for name in metrics.REPORT_METRICS:
+        lines.append(f"{name:<18}{summary[name]:>8.4f}{summary['median'][name]:>9.4f}")
+    lines.append(f"{'images':<18}{summary['n_images']:>8d}")
+    return "\n".join(lines)
+
+
+def resolve_target(target, data, images, masks, skip_unpaired):
+    """Finds the model file and the pairs to score from the command line.
+
+    Returns:
+        `(model_path, pairs, description, default_out_dir)`.
+
+    Raises:
+        InputError: the target or data folders are missing or inconsistent.
+    """
+    has_data = data is not None or images is not None or masks is not None
+    if target is None:
+        target = inference.DEFAULT_MODEL
+        if not os.path.isfile(target):
+            raise InputError(f"{target}: no model given and the pre-trained model is missing; "
+                             "pass a .keras file or a run folder")
+    if os.path.isdir(target):
+        model_path = os.path.join(target, "best.keras")
+        if not os.path.isfile(model_path):
+            raise InputError(f"{target}: not a run folder (no best.keras); pass a run folder or a .keras file")
+        if has_data:
+            folders = dataGenerator.resolve_folders(data, images, masks)
+            return model_path, dataGenerator.find_pairs(*folders, skip_unpaired), \
+                f"every pair in {folders[0]}", os.path.join(target, "evaluation")
+        config_path = os.path.join(target, "config.json")
+        try:
+            with open(config_path, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"{config_path}: cannot read the run's config ({error}); pass --data DIR") from None
+        folders = dataGenerator.resolve_folders(None, config["images"], config["masks"])
+        pairs = dataGenerator.find_pairs(*folders, skip_unpaired=True)
+        split = dataGenerator.load_split(os.path.join(target, "split.json"))
+        pairs = dataGenerator.select_pairs(pairs, split["test"], os.path.join(target, "split.json"))
+        return model_path, pairs, f"the test split of {target}", os.path.join(target, "evaluation")
+    if not has_data:
+        raise InputError(f"{target}: a model file alone names no images; add --data DIR "
+                         "(or --images DIR --masks DIR), or pass a run folder")
+    folders = dataGenerator.resolve_folders(data, images, masks)
+    return target, dataGenerator.find_pairs(*folders, skip_unpaired), f"every pair in {folders[0]}", "evaluation"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Report per-image Dice, Jaccard, ISIC thresholded Jaccard, sensitivity, "
+                    "specificity and accuracy of a saved model.")
+    parser.add_argument("target", nargs="?", default=None,
+                        help="a run folder (evaluates its test split) or a .keras model "
+                             "(default: the pre-trained model, pretrained/improved_unet.keras)")
+    dataGenerator.add_data_arguments(parser)
+    parser.add_argument("--out", default=None,
+                        help="folder for metrics.json, per_image.csv and cases.png "
+                             "(default: RUN/evaluation for a run folder, ./evaluation otherwise)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                        help="average predictions over flips (default: off)")
+    parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=False,
+                        help="keep the largest lesion region and fill its holes (default: off)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    model_path, pairs, description, default_out = resolve_target(
+        args.target, args.data, args.images, args.masks, args.skip_unpaired)
+    out_dir = args.out or default_out
+    model = inference.load_model(model_path)
+    print(f"Evaluating {model_path} on {description} ({len(pairs)} images, model input "
+          f"{'x'.join(map(str, inference.model_image_size(model)))}, tta={'on' if args.tta else 'off'}, "
+          f"postprocess={'on' if args.postprocess else 'off'})")
+    options = dict(tta=args.tta, postprocess=args.postprocess, threshold=args.threshold)
+    rows = evaluate_pairs(model, pairs, args.batch_size, progress=not args.no_progress, **options)
+    summary = write_report(rows, out_dir, {"model": model_path, "images": description, **options})
+    save_cases(model, pairs, rows, os.path.join(out_dir, "cases.png"), title=f"{description}: best, median, worst",
+               **options)
+    print(format_table(summary))
+    print(f"wrote {out_dir}/metrics.json, per_image.csv and cases.png")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

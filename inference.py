@@ -1,0 +1,148 @@
+"""Loading a saved model safely, and turning images into lesion masks at their own size.
+
+Shared by `evaluate.py`, `predict.py` and `train.py`: the model sees each image resized to its input
+size; its probability map is resized back (bilinear) to the image's own size, then thresholded and,
+optionally, post-processed.
+"""
+
+import os
+import zipfile
+
+import keras
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage import measure
+from tqdm.auto import tqdm
+
+from dataGenerator import image_size_of, read_image
+from errors import InputError
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "improved_unet.keras")
+
+
+def load_model(path):
+    """Loads a `.keras` model with safe mode on, checking it takes RGB images.
+
+    Args:
+        path: a `.keras` file.
+
+    Returns:
+        The `keras.Model`, uncompiled.
+
+    Raises:
+        InputError: the file is missing, is not a Keras model, carries code that safe mode refuses
+            (a `Lambda` layer), or does not map `(h, w, 3)` images to `(h, w, 1)` masks.
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: model file not found; pass a .keras file or a run folder")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a Keras model (.keras files are zip archives); pass a .keras file")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types here; all mean "cannot use this file".
+        text = str(error)
+        if "safe_mode" in text or "Lambda" in text or "lambda" in text:
+            raise InputError(
+                f"{path}: refused: the model carries arbitrary code (e.g. a Lambda layer), which safe "
+                "mode does not run; use a model built from this project's layers"
+            ) from None
+        raise InputError(f"{path}: cannot load this Keras model ({type(error).__name__}: "
+                         f"{text.splitlines()[0] if text else ''})") from None
+    shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
+    if shape is None or len(shape) != 4 or shape[-1] != 3 or tuple(model.output_shape)[-1] != 1:
+        raise InputError(
+            f"{path}: the model takes {model.input_shape} and gives {model.output_shape}; "
+            "expected (batch, height, width, 3) RGB images and a (batch, height, width, 1) mask"
+        )
+    return model
+
+
+def model_image_size(model, default=None):
+    """Returns the model's `(height, width)`, or `default` where a side is flexible."""
+    height, width = model.input_shape[1:3]
+    if height is None or width is None:
+        if default is None:
+            raise InputError("the model takes any image size; pass --image-size H W")
+        return tuple(default)
+    return height, width
+
+
+def predict_batch(model, images, tta=False):
+    """Predicts lesion probabilities for a batch of model-sized images.
+
+    Args:
+        model: a segmentation model.
+        images: `float32` array `(b, h, w, 3)` in [0, 1].
+        tta: average the predictions of the image and its horizontal, vertical and double flips
+            (each flipped back).
+
+    Returns:
+        `float32` array `(b, h, w)` of probabilities.
+    """
+    if not tta:
+        return np.asarray(model.predict_on_batch(images), dtype=np.float32)[..., 0]
+    total = np.zeros(images.shape[:3], dtype=np.float32)
+    for axes in ((), (2,), (1,), (1, 2)):
+        flipped = np.flip(images, axis=axes) if axes else images
+        prediction = np.asarray(model.predict_on_batch(np.ascontiguousarray(flipped)), dtype=np.float32)
+        total += (np.flip(prediction, axis=axes) if axes else prediction)[..., 0]
+    return total / 4.0
+
+
+def resize_probability(probability, size):
+    """Resizes a probability map to `(height, width)` with bilinear filtering."""
+    if probability.shape == tuple(size):
+        return probability
+    image = Image.fromarray(probability.astype(np.float32), mode="F")
+    return np.asarray(image.resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
+
+
+def postprocess_mask(mask):
+    """Keeps the largest connected lesion region and fills its holes.
+
+    Args:
+        mask: boolean array `(h, w)`.
+
+    Returns:
+        A boolean array of the same shape (all False if `mask` is).
+    """
+    labels = measure.label(mask, connectivity=2)
+    if labels.max() == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(labels == sizes.argmax())
+
+
+def to_mask(probability, threshold=0.5, postprocess=False):
+    """Thresholds a probability map (`>= threshold`), optionally post-processing the mask."""
+    mask = probability >= threshold
+    return postprocess_mask(mask) if postprocess else mask
+
+
+def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="Predicting"):
+    """Yields `(path, probability)` for image files, each map at the image's own size.
+
+    Only one batch of images is decoded at a time, at the model's size (large JPEGs in draft mode).
+
+    Args:
+        model: a segmentation model with a fixed input size.
+        paths: image files.
+        batch_size: images per model call.
+        tta: flip test-time augmentation (see `predict_batch`).
+        progress: show a progress bar.
+        desc: the progress bar's label.
+
+    Raises:
+        InputError: an image cannot be read.
+    """
+    size = model_image_size(model)
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            images = np.stack([read_image(path, size) for path in chunk]).astype(np.float32) / 255.0
+            probabilities = predict_batch(model, images, tta)
+            for path, probability in zip(chunk, probabilities):
+                yield path, resize_probability(probability, image_size_of(path))
+            bar.update(len(chunk))

@@ -1,0 +1,165 @@
+"""Losses and metrics, one definition each.
+
+Keras side (training): differentiable losses and per-image metrics written with `keras.ops` only, so
+they run on every backend. Each returns one value per image; Keras averages them over the batch.
+
+NumPy side (reporting): metrics of one thresholded predicted mask against its ground truth, at the
+ground truth's own resolution, with the empty-mask rule of the official ISIC scorer
+(`isic-challenge-scoring`): when the ground truth and the prediction are both empty, Dice and
+Jaccard are 1; sensitivity is 1 when the ground truth has no lesion pixel, and specificity is 1
+when it has no skin pixel. Scores over a set of images are means of per-image scores.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+PACKAGE = "lesion_seg"
+SMOOTH = 1.0
+THRESHOLD = 0.5
+ISIC_JACCARD_THRESHOLD = 0.65
+REPORT_METRICS = ("dice", "jaccard", "threshold_jaccard", "sensitivity", "specificity", "accuracy")
+
+
+def _flatten(y_true, y_pred):
+    """Flattens each image to a vector, so reductions over axis 1 are per image."""
+    batch = ops.shape(y_pred)[0]
+    return (ops.reshape(ops.cast(y_true, y_pred.dtype), (batch, -1)), ops.reshape(y_pred, (batch, -1)))
+
+
+def soft_dice_loss(y_true, y_pred, smooth=SMOOTH):
+    """Per-image soft Dice loss, `1 - (2|T.P| + s) / (|T| + |P| + s)`, on probabilities."""
+    y_true, y_pred = _flatten(y_true, y_pred)
+    intersection = ops.sum(y_true * y_pred, axis=1)
+    total = ops.sum(y_true, axis=1) + ops.sum(y_pred, axis=1)
+    return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+
+
+def bce_loss(y_true, y_pred):
+    """Per-image binary cross-entropy, the mean over the image's pixels."""
+    y_true, y_pred = _flatten(y_true, y_pred)
+    y_pred = ops.clip(y_pred, keras.config.epsilon(), 1.0 - keras.config.epsilon())
+    return -ops.mean(y_true * ops.log(y_pred) + (1.0 - y_true) * ops.log(1.0 - y_pred), axis=1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SegmentationLoss(keras.losses.Loss):
+    """Per-image soft Dice, binary cross-entropy, or their sum.
+
+    Args:
+        kind: `"dice_bce"` (soft Dice + BCE), `"dice"` or `"bce"`.
+        name: loss name in logs.
+    """
+
+    KINDS = ("dice_bce", "dice", "bce")
+
+    def __init__(self, kind="dice_bce", name=None, **kwargs):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(self.KINDS)}")
+        super().__init__(name=name or kind, **kwargs)
+        self.kind = kind
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.cast(y_pred, "float32")
+        if self.kind == "dice":
+            return soft_dice_loss(y_true, y_pred)
+        if self.kind == "bce":
+            return bce_loss(y_true, y_pred)
+        return soft_dice_loss(y_true, y_pred) + bce_loss(y_true, y_pred)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kind=self.kind)
+        return config
+
+
+def _overlap(y_true, y_pred, threshold):
+    y_true, y_pred = _flatten(y_true, ops.cast(y_pred, "float32"))
+    y_true = ops.cast(y_true >= 0.5, "float32")
+    y_pred = ops.cast(y_pred >= threshold, "float32")
+    intersection = ops.sum(y_true * y_pred, axis=1)
+    total = ops.sum(y_true, axis=1) + ops.sum(y_pred, axis=1)
+    return intersection, total
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def dice_score(y_true, y_pred, threshold=THRESHOLD):
+    """Per-image Dice of the mask thresholded at 0.5; 1 when both masks are empty."""
+    intersection, total = _overlap(y_true, y_pred, threshold)
+    return ops.where(total > 0, 2.0 * intersection / ops.maximum(total, 1.0), 1.0)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def jaccard_score(y_true, y_pred, threshold=THRESHOLD):
+    """Per-image Jaccard of the mask thresholded at 0.5; 1 when both masks are empty."""
+    intersection, total = _overlap(y_true, y_pred, threshold)
+    union = total - intersection
+    return ops.where(union > 0, intersection / ops.maximum(union, 1.0), 1.0)
+
+
+def training_metrics():
+    """Returns the metrics logged during training: per-image `dice` and `jaccard`."""
+    return [
+        keras.metrics.MeanMetricWrapper(dice_score, name="dice"),
+        keras.metrics.MeanMetricWrapper(jaccard_score, name="jaccard"),
+    ]
+
+
+def confusion_counts(prediction, truth):
+    """Counts `(tp, fp, fn, tn)` pixels of two boolean masks of the same shape.
+
+    Raises:
+        ValueError: the shapes differ.
+    """
+    prediction, truth = np.asarray(prediction, dtype=bool), np.asarray(truth, dtype=bool)
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
+    tp = int(np.count_nonzero(prediction & truth))
+    fp = int(np.count_nonzero(prediction & ~truth))
+    fn = int(np.count_nonzero(~prediction & truth))
+    return tp, fp, fn, truth.size - tp - fp - fn
+
+
+def score_masks(prediction, truth):
+    """Scores one binary predicted mask against its ground truth.
+
+    Args:
+        prediction: boolean (or {0, 1}) array, already thresholded and at the truth's size.
+        truth: boolean (or {0, 1}) array.
+
+    Returns:
+        A dict with `dice`, `jaccard`, `threshold_jaccard` (Jaccard, or 0 below 0.65: the ISIC 2018
+        score), `sensitivity`, `specificity` and `accuracy`, following the module's empty-mask rule.
+    """
+    tp, fp, fn, tn = confusion_counts(prediction, truth)
+    errors = fp + fn
+    jaccard = tp / (tp + errors) if tp + errors else 1.0
+    return {
+        "dice": 2 * tp / (2 * tp + errors) if tp + errors else 1.0,
+        "jaccard": jaccard,
+        "threshold_jaccard": jaccard if jaccard >= ISIC_JACCARD_THRESHOLD else 0.0,
+        "sensitivity": tp / (tp + fn) if tp + fn else 1.0,
+        "specificity": tn / (tn + fp) if tn + fp else 1.0,
+        "accuracy": (tp + tn) / (tp + tn + errors),
+    }
+
+
+def summarize(rows):
+    """Averages per-image scores.
+
+    Args:
+        rows: list of dicts from `score_masks`.
+
+    Returns:
+        A dict: the mean of each metric under its own name, `n_images`, and `median`, a dict of the
+        medians.
+
+    Raises:
+        ValueError: `rows` is empty.
+    """
+    if not rows:
+        raise ValueError("no images were scored")
+    summary = {name: float(np.mean([row[name] for row in rows])) for name in REPORT_METRICS}
+    summary["n_images"] = len(rows)
+    summary["median"] = {name: float(np.median([row[name] for row in rows])) for name in REPORT_METRICS}
+    return summary

@@ -1,0 +1,132 @@
+"""The three command-line tools end to end on tiny synthetic data, and their errors."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_script
+from metrics import REPORT_METRICS
+
+TINY = ["--image-size", "32", "32", "--base-filters", "4", "--batch-size", "8", "--verbose", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_dir, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("runs") / "tiny")
+    result = run_script("train.py", "--data", synthetic_dir, "--epochs", "2", "--out", run_dir, *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def _one_error_line(result):
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    run_dir, result = trained_run
+    for name in ("best.keras", "last.keras", "state.json", "config.json", "split.json", "history.csv",
+                 "curves.png", "metrics.json", "per_image.csv", "cases.png"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    assert "data: 24 pairs" in result.stdout and "improved_unet" in result.stdout
+    assert "test Dice" in result.stdout
+    with open(os.path.join(run_dir, "split.json")) as handle:
+        split = json.load(handle)
+    assert [len(split[k]) for k in ("train", "val", "test")] == [20, 2, 2]
+    with open(os.path.join(run_dir, "config.json")) as handle:
+        config = json.load(handle)
+    assert config["epochs"] == 2 and config["image_size"] == [32, 32] and config["model"] == "improved"
+    with open(os.path.join(run_dir, "history.csv")) as handle:
+        history = list(csv.DictReader(handle))
+    assert len(history) == 2 and {"loss", "dice", "val_dice", "val_loss"} <= set(history[0])
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        summary = json.load(handle)
+    assert set(REPORT_METRICS) | {"n_images"} <= set(summary) and summary["n_images"] == 2
+    assert all(0.0 <= summary[name] <= 1.0 for name in REPORT_METRICS)
+    with open(os.path.join(run_dir, "per_image.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["id"] for row in rows) == split["test"]
+    assert Image.open(os.path.join(run_dir, "curves.png")).format == "PNG"
+
+
+def test_resume_continues_to_the_planned_epochs(trained_run, tmp_path):
+    import shutil
+
+    run_dir = str(tmp_path / "resumed")
+    shutil.copytree(trained_run[0], run_dir)
+    result = run_script("train.py", "--out", run_dir, "--resume", "--epochs", "3", "--verbose", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming after epoch 2" in result.stdout
+    with open(os.path.join(run_dir, "history.csv")) as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
+    with open(os.path.join(run_dir, "state.json")) as handle:
+        assert json.load(handle)["epochs_done"] == 3
+
+
+def test_evaluate_run_folder_and_model_with_data(trained_run, synthetic_dir, tmp_path):
+    run_dir, _ = trained_run
+    result = run_script("evaluate.py", run_dir, "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dice" in result.stdout and "test split" in result.stdout
+    with open(os.path.join(run_dir, "evaluation", "metrics.json")) as handle:
+        assert json.load(handle)["n_images"] == 2
+    out = str(tmp_path / "eval_all")
+    result = run_script("evaluate.py", os.path.join(run_dir, "best.keras"), "--data", synthetic_dir,
+                        "--out", out, "--tta", "--postprocess", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(out, "metrics.json")) as handle:
+        summary = json.load(handle)
+    assert summary["n_images"] == 24 and summary["settings"]["tta"] is True
+    assert os.path.isfile(os.path.join(out, "cases.png")) and os.path.isfile(os.path.join(out, "per_image.csv"))
+
+
+def test_predict_writes_isic_masks_at_each_images_size(trained_run, synthetic_dir, tmp_path):
+    run_dir, _ = trained_run
+    out = str(tmp_path / "masks")
+    images = os.path.join(synthetic_dir, "images")
+    result = run_script("predict.py", os.path.join(run_dir, "best.keras"), images, "--out", out, "--overlay",
+                        "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted(os.listdir(out))
+    assert len([n for n in written if n.endswith("_segmentation.png")]) == 24
+    assert len([n for n in written if n.endswith("_overlay.png")]) == 24
+    mask = Image.open(os.path.join(out, "synthetic_0000_segmentation.png"))
+    assert mask.mode == "L" and mask.size == (64, 48)
+    assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    assert not [n for n in written if ".tmp" in n]
+
+
+def test_demo_default_uses_synthetic_data(tmp_path):
+    run_dir = str(tmp_path / "demo")
+    result = run_script("train.py", "--epochs", "1", "--limit", "12", "--out", run_dir, *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(synthetic demo)" in result.stdout and "test Dice" in result.stdout
+    assert len(os.listdir(os.path.join(run_dir, "synthetic_data", "images"))) == 240
+
+
+def test_existing_run_folder_is_not_overwritten(trained_run, synthetic_dir):
+    run_dir, _ = trained_run
+    before = os.path.getmtime(os.path.join(run_dir, "best.keras"))
+    line = _one_error_line(run_script("train.py", "--data", synthetic_dir, "--out", run_dir, *TINY))
+    assert run_dir in line and "--resume" in line and "--overwrite" in line
+    assert os.path.getmtime(os.path.join(run_dir, "best.keras")) == before
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train.py", "--data", "/nonexistent/folder"], "/nonexistent/folder"),
+    (["train.py", "--image-size", "100", "128", "--epochs", "1"], "multiples of 16"),
+    (["evaluate.py", "pytest.ini", "--data", "SYNTHETIC"], "pytest.ini"),
+    (["predict.py", "missing_model.keras", "x.jpg"], "missing_model.keras"),
+])
+def test_bad_input_gives_one_line_and_status_2(args, expected, tmp_path, synthetic_dir):
+    args = [synthetic_dir if arg == "SYNTHETIC" else arg for arg in args]
+    if args[0] == "train.py":
+        args = [*args, "--out", str(tmp_path / "run")]
+    line = _one_error_line(run_script(*args))
+    assert expected in line

@@ -1,0 +1,365 @@
+"""Trains a lesion segmentation model and reports its test metrics.
+
+    python train.py                                   # the synthetic demo, a few minutes on a CPU
+    python train.py --data ../shared/data/isic2017    # real ISIC data (images/ + masks/)
+    python train.py --images ISIC2018_Task1-2_Training_Input --masks ISIC2018_Task1_Training_GroundTruth
+
+A run folder (`--out`) gets `config.json`, `split.json`, `history.csv`, `curves.png`, `best.keras`
+(best validation Dice, loadable with `keras.saving.load_model` alone), `last.keras` and `state.json`
+(for `--resume`), and after the last epoch the test split's `metrics.json`, `per_image.csv` and
+`cases.png`. The GPU is used when one is visible, the CPU otherwise.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import sys
+
+import keras
+import numpy as np
+
+import dataGenerator
+import evaluate
+import inference
+import metrics
+import plots
+import synthetic
+from errors import InputError, run_cli
+from model_basic import build_unet
+from model_improved import build_improved_unet
+
+MODELS = {"improved": build_improved_unet, "basic": build_unet}
+REAL_DATA_EPOCHS = 30
+DEMO_EPOCHS = 8
+DEMO_SAMPLES = 240
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def _atomic_save_model(model, path):
+    tmp_path = f"{path[:-len('.keras')]}.tmp{os.getpid()}.keras"
+    model.save(tmp_path)
+    os.replace(tmp_path, path)
+
+
+def export_inference_model(model, path):
+    """Saves an uncompiled copy of `model` (weights and architecture only), atomically.
+
+    Without a compile config the file loads with `keras.saving.load_model(path)` in any process,
+    whether or not this project's losses are importable there.
+    """
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    _atomic_save_model(clone, path)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After each epoch: `best.keras` when validation Dice improves, then `last.keras` and `state.json`.
+
+    Every file is written to a temporary name and renamed, so a kill at any moment leaves the
+    previous complete files in place.
+
+    Args:
+        run_dir: the run folder.
+        best: best validation Dice so far (when resuming).
+        best_epoch: its epoch number (1-based), or 0.
+    """
+
+    def __init__(self, run_dir, best=-math.inf, best_epoch=0):
+        super().__init__()
+        self.run_dir = run_dir
+        self.best = best
+        self.best_epoch = best_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_dice")
+        if value is not None and math.isfinite(value) and value > self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            export_inference_model(self.model, os.path.join(self.run_dir, "best.keras"))
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            return  # keep last.keras at the last sound epoch
+        _atomic_save_model(self.model, os.path.join(self.run_dir, "last.keras"))
+        dataGenerator.save_json(
+            {"epochs_done": epoch + 1, "best_val_dice": self.best, "best_epoch": self.best_epoch},
+            os.path.join(self.run_dir, "state.json"))
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, remembering where."""
+
+    def __init__(self):
+        super().__init__()
+        self.where = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.where = (self._epoch + 1, batch + 1, float(loss))
+            self.model.stop_training = True
+
+
+class CurvesPlot(keras.callbacks.Callback):
+    """Redraws `curves.png` from `history.csv` after each epoch."""
+
+    def __init__(self, run_dir, title):
+        super().__init__()
+        self.run_dir, self.title = run_dir, title
+
+    def on_epoch_end(self, epoch, logs=None):
+        history = plots.read_history(os.path.join(self.run_dir, "history.csv"))
+        if history:
+            plots.save_curves(history, os.path.join(self.run_dir, "curves.png"), self.title)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Train a basic or Improved U-Net on lesion images and report test metrics. "
+                    "With no data arguments, trains on a synthetic demo data set.")
+    dataGenerator.add_data_arguments(parser)
+    parser.add_argument("--model", choices=sorted(MODELS), default="improved",
+                        help="architecture: the Improved U-Net of Isensee et al. or the basic U-Net "
+                             "(default: %(default)s)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=list(dataGenerator.DEFAULT_IMAGE_SIZE),
+                        metavar=("H", "W"), help="training height and width (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"epochs (default: {REAL_DATA_EPOCHS} on real data, {DEMO_EPOCHS} for the demo)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step (default: %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="peak Adam learning rate, reached after the warm-up and then cosine-decayed "
+                             "to 0 (default: %(default)s)")
+    parser.add_argument("--warmup-epochs", type=float, default=1.0,
+                        help="epochs of linear learning-rate warm-up (default: %(default)s)")
+    parser.add_argument("--loss", choices=metrics.SegmentationLoss.KINDS, default="dice_bce",
+                        help="per-image soft Dice + binary cross-entropy, or either alone (default: %(default)s)")
+    parser.add_argument("--base-filters", type=int, default=None,
+                        help="filters at the first level (default: the paper's, 16 for improved, 64 for basic)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                        help="flips, 90-degree turns, small affine and colour jitter on training "
+                             "batches (default: on)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                        help="flip test-time augmentation for the final test metrics (default: off)")
+    parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=False,
+                        help="largest-region post-processing for the final test metrics (default: off)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, weights, order and augmentation "
+                                                            "(default: %(default)s)")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/<model>_<date>-<time>)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs, by id (default: all)")
+    parser.add_argument("--workers", type=int, default=2, help="threads preparing batches (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last completed epoch, with its saved settings")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder --out")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                        help="Keras output: 0 silent, 1 progress bar, 2 one line per epoch (default: %(default)s)")
+    return parser
+
+
+def describe_device():
+    """Returns a short text naming the accelerator Keras will use, or `CPU`."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return f"{len(gpus)} GPU(s)" if gpus else "CPU"
+    if backend == "jax":
+        import jax
+
+        return ", ".join(sorted({d.platform.upper() for d in jax.devices()}))
+    if backend == "torch":
+        import torch
+
+        return "GPU" if torch.cuda.is_available() else "CPU"
+    return backend
+
+
+def prepare_run_dir(args):
+    """Creates, checks or reopens the run folder; on `--resume`, loads the saved settings.
+
+    Returns:
+        `(config, state)`: the run's settings (a dict) and its `state.json` (or `None`).
+
+    Raises:
+        InputError: the folder exists without `--resume`/`--overwrite`, or cannot be resumed.
+    """
+    run_dir = args.out
+    config_path = os.path.join(run_dir, "config.json")
+    if args.resume:
+        state_path = os.path.join(run_dir, "state.json")
+        if not (os.path.isfile(config_path) and os.path.isfile(state_path)
+                and os.path.isfile(os.path.join(run_dir, "last.keras"))):
+            raise InputError(f"{run_dir}: nothing to resume (needs config.json, state.json and "
+                             "last.keras from a run that finished at least one epoch)")
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        with open(state_path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        if args.epochs is not None:
+            config["epochs"] = args.epochs
+        return config, state
+    if os.path.exists(run_dir) and (not os.path.isdir(run_dir) or os.listdir(run_dir)):
+        if not args.overwrite:
+            raise InputError(f"{run_dir}: run folder exists; pass --resume to continue it, "
+                             "--overwrite to replace it, or another --out")
+        shutil.rmtree(run_dir) if os.path.isdir(run_dir) else os.remove(run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, ".write_test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as error:
+        raise InputError(f"{run_dir}: cannot write the run folder ({error.strerror}); choose another --out") from None
+    return None, None
+
+
+def resolve_config(args):
+    """Turns parsed arguments into the run's full settings, making the demo data if needed."""
+    demo = args.data is None and args.images is None and args.masks is None
+    if demo:
+        data_dir = os.path.join(args.out, "synthetic_data")
+        synthetic.write_dataset(data_dir, DEMO_SAMPLES, seed=args.seed)
+        images_dir, masks_dir = os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
+    else:
+        images_dir, masks_dir = dataGenerator.resolve_folders(args.data, args.images, args.masks)
+    model_kwargs = {} if args.base_filters is None else {"base_filters": args.base_filters}
+    # Checked here, before any data is decoded, so a bad size fails at once.
+    try:
+        MODELS[args.model]((*args.image_size,), **model_kwargs)
+    except ValueError as error:
+        raise InputError(f"--image-size {args.image_size[0]} {args.image_size[1]}: {error}") from None
+    return {
+        "demo": demo,
+        "images": os.path.abspath(images_dir),
+        "masks": os.path.abspath(masks_dir),
+        "skip_unpaired": args.skip_unpaired,
+        "model": args.model,
+        "model_kwargs": model_kwargs,
+        "image_size": list(args.image_size),
+        "epochs": args.epochs or (DEMO_EPOCHS if demo else REAL_DATA_EPOCHS),
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "warmup_epochs": args.warmup_epochs,
+        "loss": args.loss,
+        "augment": args.augment,
+        "tta": args.tta,
+        "postprocess": args.postprocess,
+        "seed": args.seed,
+        "limit": args.limit,
+        "workers": args.workers,
+        "split_fractions": list(dataGenerator.DEFAULT_SPLIT),
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def make_optimizer(config, steps_per_epoch):
+    """Adam with linear warm-up to the peak learning rate, then cosine decay to 0."""
+    total_steps = max(1, config["epochs"] * steps_per_epoch)
+    warmup_steps = min(total_steps - 1, int(round(config["warmup_epochs"] * steps_per_epoch)))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else config["learning_rate"],
+        decay_steps=max(1, total_steps - warmup_steps),
+        warmup_target=config["learning_rate"] if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join("runs", f"{args.model}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    config, state = prepare_run_dir(args)
+    run_dir = args.out
+    if config is None:
+        config = resolve_config(args)
+        dataGenerator.save_json(config, os.path.join(run_dir, "config.json"))
+    keras.utils.set_random_seed(config["seed"])
+
+    pairs = dataGenerator.find_pairs(config["images"], config["masks"], config["skip_unpaired"])
+    if config["limit"]:
+        pairs = pairs[: config["limit"]]
+    split_path = os.path.join(run_dir, "split.json")
+    if state is None:
+        split = dataGenerator.split_pairs(pairs, config["split_fractions"], config["seed"])
+        dataGenerator.save_json(split, split_path)
+    else:
+        split = dataGenerator.load_split(split_path)
+    train_pairs, val_pairs, test_pairs = (dataGenerator.select_pairs(pairs, split[name], split_path)
+                                          for name in ("train", "val", "test"))
+    if not train_pairs or not val_pairs:
+        raise InputError(f"{config['images']}: {len(pairs)} pair(s) are too few to split into train, "
+                         "validation and test; use at least 3")
+
+    image_size = tuple(config["image_size"])
+    loader = dict(image_size=image_size, batch_size=config["batch_size"], seed=config["seed"],
+                  workers=config["workers"])
+    train_data = dataGenerator.LesionDataset(train_pairs, augment=config["augment"], shuffle=True, **loader)
+    val_data = dataGenerator.LesionDataset(val_pairs, augment=False, shuffle=False, **loader)
+
+    initial_epoch = 0
+    if state is None:
+        model = MODELS[config["model"]](image_size, **config["model_kwargs"])
+        model.compile(optimizer=make_optimizer(config, len(train_data)),
+                      loss=metrics.SegmentationLoss(config["loss"]),
+                      metrics=metrics.training_metrics())
+        checkpoint = RunCheckpoint(run_dir)
+    else:
+        model = keras.saving.load_model(os.path.join(run_dir, "last.keras"))
+        initial_epoch = state["epochs_done"]
+        train_data.epoch = initial_epoch
+        train_data.order = train_data._order_for_epoch(initial_epoch)
+        checkpoint = RunCheckpoint(run_dir, state["best_val_dice"], state["best_epoch"])
+
+    print(f"data: {len(pairs)} pairs from {config['images']} -> train {len(train_pairs)} / "
+          f"val {len(val_pairs)} / test {len(test_pairs)} at {image_size[0]}x{image_size[1]}"
+          f"{' (synthetic demo)' if config['demo'] else ''} | model: {model.name}, "
+          f"{model.count_params():,} params | {config['epochs']} epochs, batch {config['batch_size']}, "
+          f"{config['loss']} loss | {describe_device()}, Keras {keras.__version__} "
+          f"({keras.backend.backend()}) | run: {run_dir}"
+          + (f" | resuming after epoch {initial_epoch}" if initial_epoch else ""))
+
+    nan_guard = StopOnNonFiniteLoss()
+    callbacks = [
+        nan_guard,
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_epoch > 0),
+        checkpoint,
+        CurvesPlot(run_dir, f"{model.name} on {os.path.basename(os.path.dirname(config['images']))}"),
+    ]
+    if initial_epoch < config["epochs"]:
+        model.fit(train_data, validation_data=val_data, epochs=config["epochs"], initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=args.verbose)
+    if nan_guard.where is not None:
+        epoch, batch, loss = nan_guard.where
+        print(f"error: training stopped: the loss became {loss} at epoch {epoch}, batch {batch}; "
+              f"try a lower --learning-rate. The best checkpoint so far is intact in {run_dir}/best.keras",
+              file=sys.stderr)
+        return 1
+
+    best_model = inference.load_model(os.path.join(run_dir, "best.keras"))
+    options = dict(tta=config["tta"], postprocess=config["postprocess"])
+    if test_pairs:
+        rows = evaluate.evaluate_pairs(best_model, test_pairs, config["batch_size"], progress=args.verbose == 1,
+                                       **options)
+        summary = evaluate.write_report(rows, run_dir, {"model": os.path.join(run_dir, "best.keras"),
+                                                        "images": "test split", **options})
+        evaluate.save_cases(best_model, test_pairs, rows, os.path.join(run_dir, "cases.png"),
+                            title="test split: best, median, worst", **options)
+        print(evaluate.format_table(summary))
+        print(f"best validation Dice {checkpoint.best:.4f} at epoch {checkpoint.best_epoch}; "
+              f"test Dice {summary['dice']:.4f} on {summary['n_images']} images; run folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
