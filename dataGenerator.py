@@ -19,7 +19,7 @@ import sys
 
 import keras
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from errors import InputError, run_cli
@@ -31,6 +31,9 @@ MASK_SUFFIX = "_segmentation.png"
 DEFAULT_IMAGE_SIZE = (128, 128)
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 _MAX_LISTED = 10
+# PIL raises many exception types on malformed files (OSError, SyntaxError, struct.error,
+# DecompressionBombError, ...); every one of them means "this file cannot be used".
+_DECODE_ERRORS = (Exception,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +205,9 @@ def _open(path, kind):
     """Opens and fully decodes an image file, or raises InputError naming it."""
     try:
         return Image.open(path)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except FileNotFoundError:
+        raise InputError(f"{path}: {kind} file not found") from None
+    except _DECODE_ERRORS as error:
         raise InputError(f"{path}: cannot read this {kind} ({error}); replace or remove the file") from None
 
 
@@ -244,7 +249,7 @@ def read_image(path, size=None):
         if size is not None and image.size != (size[1], size[0]):
             image = image.resize((size[1], size[0]), Image.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as error:
+    except _DECODE_ERRORS as error:
         raise InputError(f"{path}: cannot decode this image ({error}); replace or remove the file") from None
 
 
@@ -268,7 +273,7 @@ def read_mask(path, size=None):
         if size is not None and mask.shape != tuple(size):
             mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
         return mask
-    except (OSError, ValueError, SyntaxError) as error:
+    except _DECODE_ERRORS as error:
         raise InputError(f"{path}: cannot decode this mask ({error}); replace or remove the file") from None
 
 

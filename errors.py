@@ -1,6 +1,7 @@
 """The project's error for bad input, and the wrapper that turns it into one line and exit code 2."""
 
 import logging
+import os
 import sys
 
 
@@ -33,3 +34,20 @@ def run_cli(main, argv=None):
         print("interrupted", file=sys.stderr)
         return 130
     return status or 0
+
+
+def make_output_dir(path):
+    """Creates `path` (and parents) if needed and checks that files can be written in it.
+
+    Raises:
+        InputError: the folder cannot be created or written.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test{os.getpid()}")
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise InputError(f"{path}: cannot write to this folder ({error.strerror}); choose another --out") from None
+    return path

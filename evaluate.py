@@ -21,7 +21,7 @@ import dataGenerator
 import inference
 import metrics
 import plots
-from errors import InputError, run_cli
+from errors import InputError, make_output_dir, run_cli
 
 
 def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, threshold=0.5, progress=True):
@@ -56,18 +56,21 @@ def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, th
     return rows
 
 
-def pick_cases(rows):
-    """Returns `[(label, row)]` for the best, median and worst rows by Dice."""
+BEST_MEDIAN_WORST = (("best", 1.0), ("median", 0.5), ("worst", 0.0))
+
+
+def pick_cases(rows, quantiles=BEST_MEDIAN_WORST):
+    """Returns `[(label, row)]`: for each `(label, q)`, the row at quantile `q` of Dice."""
     order = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])
-    picks = [("best", order[-1]), ("median", order[len(order) // 2]), ("worst", order[0])]
-    return [(label, rows[index]) for label, index in picks]
+    return [(label, rows[order[round(q * (len(order) - 1))]]) for label, q in quantiles]
 
 
-def save_cases(model, pairs, rows, path, tta=False, postprocess=False, threshold=0.5, title="Test cases"):
-    """Draws the best, median and worst cases (image, ground truth, prediction) to `path`."""
+def save_cases(model, pairs, rows, path, tta=False, postprocess=False, threshold=0.5, title="Test cases",
+               quantiles=BEST_MEDIAN_WORST):
+    """Draws cases picked by `pick_cases` (image, ground truth, prediction) to `path`."""
     by_id = {pair.id: pair for pair in pairs}
     cases = []
-    for label, row in pick_cases(rows):
+    for label, row in pick_cases(rows, quantiles):
         pair = by_id[row["id"]]
         _, probability = next(inference.predict_files(model, [pair.image_path], 1, tta, progress=False))
         cases.append({
@@ -108,8 +111,10 @@ def format_table(summary):
     return "\n".join(lines)
 
 
-def resolve_target(target, data, images, masks, skip_unpaired):
+def resolve_target(target, data, images, masks, skip_unpaired, split_name="test"):
     """Finds the model file and the pairs to score from the command line.
+
+    With a run folder and no data arguments, the pairs are the run's `split_name` split.
 
     Returns:
         `(model_path, pairs, description, default_out_dir)`.
@@ -140,8 +145,9 @@ def resolve_target(target, data, images, masks, skip_unpaired):
         folders = dataGenerator.resolve_folders(None, config["images"], config["masks"])
         pairs = dataGenerator.find_pairs(*folders, skip_unpaired=True)
         split = dataGenerator.load_split(os.path.join(target, "split.json"))
-        pairs = dataGenerator.select_pairs(pairs, split["test"], os.path.join(target, "split.json"))
-        return model_path, pairs, f"the test split of {target}", os.path.join(target, "evaluation")
+        pairs = dataGenerator.select_pairs(pairs, split[split_name], os.path.join(target, "split.json"))
+        out = os.path.join(target, "evaluation" if split_name == "test" else f"evaluation_{split_name}")
+        return model_path, pairs, f"the {split_name} split of {target}", out
     if not has_data:
         raise InputError(f"{target}: a model file alone names no images; add --data DIR "
                          "(or --images DIR --masks DIR), or pass a run folder")
@@ -160,6 +166,9 @@ def build_parser():
     parser.add_argument("--out", default=None,
                         help="folder for metrics.json, per_image.csv and cases.png "
                              "(default: RUN/evaluation for a run folder, ./evaluation otherwise)")
+    parser.add_argument("--split", choices=("test", "val", "train"), default="test",
+                        help="with a run folder: which of its splits to score; tune settings on val, "
+                             "report test (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default: %(default)s)")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
@@ -173,8 +182,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     model_path, pairs, description, default_out = resolve_target(
-        args.target, args.data, args.images, args.masks, args.skip_unpaired)
-    out_dir = args.out or default_out
+        args.target, args.data, args.images, args.masks, args.skip_unpaired, args.split)
+    out_dir = make_output_dir(args.out or default_out)
     model = inference.load_model(model_path)
     print(f"Evaluating {model_path} on {description} ({len(pairs)} images, model input "
           f"{'x'.join(map(str, inference.model_image_size(model)))}, tta={'on' if args.tta else 'off'}, "

@@ -118,3 +118,89 @@ def save_overlay(image, mask, path):
     tmp_path = f"{root}.tmp{os.getpid()}{ext}"
     Image.fromarray((drawn * 255).round().astype(np.uint8)).save(tmp_path)
     os.replace(tmp_path, path)
+
+
+def _level_shape(model, name):
+    shape = model.get_layer(name).output.shape
+    return f"{shape[1]}x{shape[2]}x{shape[3]}"
+
+
+def save_architecture_figure(model, path):
+    """Draws a U-shaped block diagram of a model built by `model_improved` or `model_basic`.
+
+    Shapes are read from the model's own layers (found by their deterministic names), so the figure
+    always matches the code.
+
+    Args:
+        model: a model from `build_improved_unet` or `build_unet`.
+        path: PNG file to write.
+    """
+    names = {layer.name for layer in model.layers}
+    improved = "enc1_context_sum" in names
+    if improved:
+        enc = [n for n in sorted(names) if n.endswith("_context_sum")]
+        encoder = {int(n[3]): n for n in enc}
+        decoder = {level: (f"dec{level}_local_b_act" if level > 1 else "dec1_out_act") for level in range(1, len(enc))}
+        down, up = "3x3 conv, stride 2", "upsample x2 + 3x3 conv"
+        enc_text, dec_text = "context module", "localization"
+    else:
+        encoder = {int(n[3]): n for n in names if n.startswith("enc") and n.endswith("_b_conv")}
+        encoder[len(encoder) + 1] = "bottom_b_conv"
+        decoder = {level: f"dec{level}_b_conv" for level in range(1, len(encoder))}
+        down, up = "2x2 max pool", "2x2 up-conv"
+        enc_text, dec_text = "2x (3x3 conv, ReLU)", "2x (3x3 conv, ReLU)"
+    depth = max(encoder)
+    fig = Figure(figsize=(11.5, 1.0 + 1.05 * depth))
+    axis = fig.subplots()
+    axis.set_xlim(-0.2, 11.2)
+    axis.set_ylim(-depth - 0.8, 0.9)
+    axis.axis("off")
+    box = dict(boxstyle="round,pad=0.35", facecolor="#e8f0fb", edgecolor="#3b6ea8")
+    dec_box = dict(box, facecolor="#fbeee8", edgecolor="#a8563b")
+    arrow = dict(arrowstyle="->", color="#555555", lw=1.2)
+
+    def enc_xy(level):
+        return 1.0 + 0.55 * (level - 1), -level
+
+    def dec_xy(level):
+        return 7.4 - 0.55 * (level - 1), -level
+
+    for level, name in encoder.items():
+        x, y = enc_xy(level) if level < depth or not improved else enc_xy(level)
+        if level == depth:
+            x = 4.2
+        text = f"level {level}: {enc_text if level < depth or improved else 'bottom: ' + enc_text}\n{_level_shape(model, name)}"
+        axis.text(x, y, text, ha="center", va="center", fontsize=8, bbox=box)
+        if level > 1:
+            px, py = enc_xy(level - 1)
+            axis.annotate("", xy=(x, y + 0.25), xytext=(px, py - 0.25), arrowprops=arrow)
+            axis.text((x + px) / 2 - 0.15, (y + py) / 2, down, fontsize=7, ha="right", va="center", color="#555555")
+    for level, name in decoder.items():
+        x, y = dec_xy(level)
+        kind = "3x3 conv" if improved and level == 1 else dec_text
+        axis.text(x, y, f"level {level}: {kind}\n{_level_shape(model, name)}", ha="center", va="center",
+                  fontsize=8, bbox=dec_box)
+        source = (4.2, -depth) if level == depth - 1 else dec_xy(level + 1)
+        axis.annotate("", xy=(x, y - 0.25), xytext=(source[0], source[1] + 0.25), arrowprops=arrow)
+        axis.text((x + source[0]) / 2 + 0.15, (y + source[1]) / 2, up + ", concat skip", fontsize=7,
+                  ha="left", va="center", color="#555555")
+        ex, ey = enc_xy(level)
+        axis.annotate("", xy=(x - 1.0, y), xytext=(ex + 1.0, ey),
+                      arrowprops=dict(arrowstyle="->", color="#3b6ea8", lw=1, linestyle="--"))
+    seg_levels = sorted((int(n[3:]) for n in names if n.startswith("seg") and n[3:].isdigit()), reverse=True)
+    for level in seg_levels:
+        x, y = dec_xy(level)
+        axis.text(10.1, y, f"1x1 conv seg{level}", ha="center", va="center", fontsize=7,
+                  bbox=dict(boxstyle="round,pad=0.3", facecolor="#eef7e8", edgecolor="#4a8a3b"))
+        axis.annotate("", xy=(9.5, y), xytext=(x + 1.0, y), arrowprops=arrow)
+        if level > 1:
+            axis.annotate("", xy=(10.1, y + 0.78), xytext=(10.1, y + 0.2), arrowprops=arrow)
+            axis.text(10.2, y + 0.5, "upsample, add", fontsize=7, va="center", color="#555555")
+    label = "sum of deep supervision, sigmoid" if len(seg_levels) > 1 else "sigmoid"
+    axis.text(10.1, 0.45, f"{label}\nmask {_level_shape(model, 'mask')}", ha="center", va="center", fontsize=7,
+              bbox=dict(boxstyle="round,pad=0.3", facecolor="#ffffff", edgecolor="#4a8a3b"))
+    axis.annotate("", xy=(10.1, 0.22), xytext=(10.1, -0.8), arrowprops=arrow)
+    input_shape = "x".join(str(side) for side in model.input_shape[1:])
+    axis.text(0.0, 0.6, f"{model.name}: {model.count_params():,} parameters, input {input_shape}",
+              fontsize=10, va="center")
+    _save(fig, path)

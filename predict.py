@@ -18,7 +18,7 @@ from PIL import Image
 import dataGenerator
 import inference
 import plots
-from errors import InputError, run_cli
+from errors import InputError, make_output_dir, run_cli
 
 
 def collect_images(inputs):
@@ -85,12 +85,7 @@ def main(argv=None):
         raise InputError("no input images given; pass image files or folders after the model")
     model = inference.load_model(model_path)
     paths = collect_images(inputs)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"{args.out}: cannot create the output folder ({error.strerror})") from None
-    if not os.access(args.out, os.W_OK):
-        raise InputError(f"{args.out}: output folder is not writable; choose another --out")
+    make_output_dir(args.out)
     predictions = inference.predict_files(model, paths, args.batch_size, args.tta, not args.no_progress)
     for path, probability in predictions:
         sample_id = os.path.splitext(os.path.basename(path))[0]

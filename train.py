@@ -27,7 +27,7 @@ import inference
 import metrics
 import plots
 import synthetic
-from errors import InputError, run_cli
+from errors import InputError, make_output_dir, run_cli
 from model_basic import build_unet
 from model_improved import build_improved_unet
 
@@ -121,6 +121,24 @@ class CurvesPlot(keras.callbacks.Callback):
             plots.save_curves(history, os.path.join(self.run_dir, "curves.png"), self.title)
 
 
+def _truncate_history(path, epochs_done):
+    """Keeps the header and the first `epochs_done` rows of `history.csv`.
+
+    A kill between the CSV logger and the checkpoint can leave a row for an epoch that resuming will
+    train again.
+    """
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.readlines()
+    kept = lines[: 1 + epochs_done]
+    if len(kept) != len(lines):
+        tmp_path = f"{path}.tmp{os.getpid()}"
+        with open(tmp_path, "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
+        os.replace(tmp_path, path)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Train a basic or Improved U-Net on lesion images and report test metrics. "
@@ -211,13 +229,7 @@ def prepare_run_dir(args):
             raise InputError(f"{run_dir}: run folder exists; pass --resume to continue it, "
                              "--overwrite to replace it, or another --out")
         shutil.rmtree(run_dir) if os.path.isdir(run_dir) else os.remove(run_dir)
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, ".write_test")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as error:
-        raise InputError(f"{run_dir}: cannot write the run folder ({error.strerror}); choose another --out") from None
+    make_output_dir(run_dir)
     return None, None
 
 
@@ -317,6 +329,7 @@ def main(argv=None):
     else:
         model = keras.saving.load_model(os.path.join(run_dir, "last.keras"))
         initial_epoch = state["epochs_done"]
+        _truncate_history(os.path.join(run_dir, "history.csv"), initial_epoch)
         train_data.epoch = initial_epoch
         train_data.order = train_data._order_for_epoch(initial_epoch)
         checkpoint = RunCheckpoint(run_dir, state["best_val_dice"], state["best_epoch"])

@@ -1,0 +1,167 @@
+"""Bad input, interruptions and safe loading: clear errors, nothing lost."""
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import dataGenerator
+import inference
+import train
+from conftest import ROOT, run_script
+from errors import InputError
+
+
+def test_lambda_model_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "executed"
+    marker_path = str(marker)
+    inputs = keras.Input((16, 16, 3))
+    # Writes a file if its code ever runs.
+    hidden = keras.layers.Lambda(lambda t: (open(marker_path, "w").close(), t)[1], name="payload")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(hidden))
+    path = str(tmp_path / "lambda.keras")
+    model.save(path)
+    marker.unlink(missing_ok=True)
+    with pytest.raises(InputError, match="arbitrary code"):
+        inference.load_model(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"plain text", b"PK\x03\x04 broken zip"])
+def test_non_model_files_are_refused(tmp_path, content):
+    path = tmp_path / "model.keras"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="model.keras"):
+        inference.load_model(str(path))
+
+
+def test_zip_that_is_not_a_model_is_refused(tmp_path):
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("hello.txt", "not a model")
+    with pytest.raises(InputError, match="cannot load"):
+        inference.load_model(str(path))
+
+
+def test_model_with_wrong_channels_is_refused(tmp_path):
+    inputs = keras.Input((16, 16, 1))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1)(inputs))
+    path = str(tmp_path / "grey.keras")
+    model.save(path)
+    with pytest.raises(InputError, match="RGB"):
+        inference.load_model(path)
+
+
+def _valid_bytes(fmt):
+    buffer = io.BytesIO()
+    array = np.random.default_rng(1).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_fuzzed_files_give_only_the_clear_error(tmp_path):
+    rng = np.random.default_rng(1234)
+    seeds = {"png": _valid_bytes("PNG"), "jpg": _valid_bytes("JPEG"), "bmp": _valid_bytes("BMP")}
+    outcomes = {"read": 0, "refused": 0}
+    for trial in range(150):
+        ext, data = list(seeds.items())[trial % 3]
+        data = bytearray(data)
+        mode = trial % 3
+        if mode == 0:  # random bytes
+            data = bytearray(rng.integers(0, 256, int(rng.integers(0, 400)), dtype=np.uint8).tobytes())
+        elif mode == 1:  # truncated
+            data = data[: int(rng.integers(0, len(data)))]
+        else:  # flipped bytes
+            for position in rng.integers(0, len(data), 8):
+                data[position] = int(rng.integers(0, 256))
+        path = tmp_path / f"fuzz{trial}.{ext}"
+        path.write_bytes(bytes(data))
+        for reader in (dataGenerator.read_image, dataGenerator.read_mask):
+            try:
+                array = reader(str(path), (8, 8))
+                assert array.dtype == np.uint8 and array.shape[:2] == (8, 8)
+                outcomes["read"] += 1
+            except InputError as error:
+                assert str(path) in str(error)
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > 50
+
+
+def test_paths_with_spaces_and_non_ascii(tmp_path):
+    root = tmp_path / "my lesions ü 皮膚"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "lésion 1.JPEG")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(root / "masks" / "lésion 1_segmentation.png")
+    pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(str(root)))
+    images, masks = dataGenerator.load_arrays(pairs, (8, 8), progress=False)
+    assert pairs[0].id == "lésion 1" and masks.min() == 1
+
+
+def test_large_images_are_decoded_at_reduced_scale(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.full((4000, 6000, 3), 128, np.uint8)).save(path, quality=70)
+    image = Image.open(path)
+    image.draft("RGB", (256, 192))
+    assert image.size[0] <= 6000 // 8 + 1  # the JPEG decoder itself works at 1/8 scale
+    assert dataGenerator.read_image(str(path), (128, 128)).shape == (128, 128, 3)
+
+
+def test_nan_loss_stops_training_and_names_the_batch():
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(1, 1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    images = np.ones((8, 4, 4, 3), np.float32)
+    images[2:] = np.nan  # the second batch of two goes bad
+    masks = np.ones((8, 4, 4, 1), np.float32)
+    guard = train.StopOnNonFiniteLoss()
+    history = model.fit(images, masks, batch_size=2, epochs=3, callbacks=[guard], verbose=0, shuffle=False)
+    assert guard.where[:2] == (1, 2) and math.isnan(guard.where[2])
+    assert len(history.history["loss"]) == 1
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, synthetic_dir):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = run_script("predict.py", "missing.keras", synthetic_dir, "--out", str(blocker / "sub"))
+    assert result.returncode == 2  # the model is checked first
+    result = run_script("train.py", "--data", synthetic_dir, "--out", str(blocker / "run"), "--epochs", "1")
+    assert result.returncode == 2 and "cannot write" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_kill_9_then_resume_finishes_the_planned_epochs(synthetic_dir, tmp_path):
+    run_dir = str(tmp_path / "killed")
+    command = [sys.executable, "train.py", "--data", synthetic_dir, "--out", run_dir, "--epochs", "4",
+               "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "4", "--verbose", "0"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path = os.path.join(run_dir, "state.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if os.path.isfile(state_path):
+            with open(state_path) as handle:
+                if json.load(handle)["epochs_done"] >= 1:
+                    break
+        time.sleep(0.2)
+    assert process.poll() is None, "training ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    with open(state_path) as handle:
+        done = json.load(handle)["epochs_done"]
+    assert 1 <= done < 4
+    keras.saving.load_model(os.path.join(run_dir, "best.keras"))  # intact after the kill
+    result = run_script("train.py", "--out", run_dir, "--resume", "--verbose", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(run_dir, "history.csv")) as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2", "3"]
+    assert os.path.isfile(os.path.join(run_dir, "metrics.json"))
+    assert not [name for name in os.listdir(run_dir) if ".tmp" in name]
