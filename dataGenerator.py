@@ -253,15 +253,17 @@ def read_image(path, size=None):
         raise InputError(f"{path}: cannot decode this image ({error}); replace or remove the file") from None
 
 
-def read_mask(path, size=None):
+def read_mask(path, size=None, return_was_binary=False):
     """Reads a mask as {0, 1}, binarised at 128, optionally resized with nearest neighbour.
 
     Args:
         path: mask file (any mode; colour masks are converted to grey first).
         size: `(height, width)` or `None`.
+        return_was_binary: also return whether the file held only 0 and 255.
 
     Returns:
-        A `uint8` array of shape `(height, width)` holding only 0 and 1.
+        A `uint8` array of shape `(height, width)` holding only 0 and 1 (and, with
+        `return_was_binary`, a bool).
 
     Raises:
         InputError: the file is missing, truncated or not an image.
@@ -272,9 +274,11 @@ def read_mask(path, size=None):
         mask = (grey >= 128).astype(np.uint8)
         if size is not None and mask.shape != tuple(size):
             mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
-        return mask
     except _DECODE_ERRORS as error:
         raise InputError(f"{path}: cannot decode this mask ({error}); replace or remove the file") from None
+    if return_was_binary:
+        return mask, bool(np.all((grey == 0) | (grey == 255)))
+    return mask
 
 
 def image_size_of(path):
@@ -291,7 +295,8 @@ def _load_pair(pair, image_size):
             f"{pair.image_path} is {image_shape[1]}x{image_shape[0]} (width x height); "
             "masks must match their images"
         )
-    return read_image(pair.image_path, image_size), read_mask(pair.mask_path, image_size)
+    return (read_image(pair.image_path, image_size),
+            *read_mask(pair.mask_path, image_size, return_was_binary=True))
 
 
 def load_arrays(pairs, image_size=DEFAULT_IMAGE_SIZE, progress=True):
@@ -304,17 +309,22 @@ def load_arrays(pairs, image_size=DEFAULT_IMAGE_SIZE, progress=True):
 
     Returns:
         `(images, masks)`: `uint8` arrays of shapes `(n, h, w, 3)` and `(n, h, w)`, masks in {0, 1}.
+        Masks holding values other than 0 and 255 are binarised at 128 and counted in a log note.
     """
     height, width = image_size
     images = np.empty((len(pairs), height, width, 3), dtype=np.uint8)
     masks = np.empty((len(pairs), height, width), dtype=np.uint8)
+    not_binary = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         loaded = pool.map(lambda pair: _load_pair(pair, image_size), pairs)
-        for index, (image, mask) in enumerate(
+        for index, (image, mask, was_binary) in enumerate(
             tqdm(loaded, total=len(pairs), desc="Loading", unit="img", disable=not progress,
                  leave=False)
         ):
             images[index], masks[index] = image, mask
+            not_binary += not was_binary
+    if not_binary:
+        log.info("note: %d mask(s) held values other than 0 and 255; binarised at 128", not_binary)
     return images, masks
 
 

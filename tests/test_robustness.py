@@ -165,3 +165,18 @@ def test_kill_9_then_resume_finishes_the_planned_epochs(synthetic_dir, tmp_path)
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2", "3"]
     assert os.path.isfile(os.path.join(run_dir, "metrics.json"))
     assert not [name for name in os.listdir(run_dir) if ".tmp" in name]
+
+
+def test_grey_level_masks_are_binarised_and_counted(tmp_path, caplog):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for index, values in enumerate(([0, 255], [0, 90, 200], [10, 250])):
+        Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "images" / f"m{index}.png")
+        mask = np.resize(np.array(values, np.uint8), (4, 6))
+        Image.fromarray(mask).save(tmp_path / "masks" / f"m{index}_segmentation.png")
+    pairs = dataGenerator.find_pairs(str(tmp_path / "images"), str(tmp_path / "masks"))
+    with caplog.at_level("INFO"):
+        _, masks = dataGenerator.load_arrays(pairs, (4, 6), progress=False)
+    assert "2 mask(s) held values other than 0 and 255" in caplog.text
+    assert set(np.unique(masks)) == {0, 1}
+    np.testing.assert_array_equal(masks[1].ravel()[:3], [0, 0, 1])
