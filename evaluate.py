@@ -169,13 +169,7 @@ def build_parser():
     parser.add_argument("--split", choices=("test", "val", "train"), default="test",
                         help="with a run folder: which of its splits to score; tune settings on val, "
                              "report test (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
-                        help="average predictions over flips (default: off)")
-    parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=False,
-                        help="keep the largest lesion region and fill its holes (default: off)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    inference.add_inference_arguments(parser)
     return parser
 
 

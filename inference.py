@@ -5,6 +5,7 @@ size; its probability map is resized back (bilinear) to the image's own size, th
 optionally, post-processed.
 """
 
+import argparse
 import os
 import zipfile
 
@@ -19,6 +20,25 @@ from dataGenerator import image_size_of, read_image
 from errors import InputError
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "improved_unet.keras")
+# Chosen on the validation split of the ISIC 2017 copy (README, "Results on real ISIC images").
+DEFAULT_TTA = False
+DEFAULT_POSTPROCESS = False
+
+
+def _on_off(value):
+    return "on" if value else "off"
+
+
+def add_inference_arguments(parser):
+    """Adds `--batch-size`, `--threshold`, `--tta`, `--postprocess` and `--no-progress`."""
+    parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=DEFAULT_TTA,
+                        help=f"average predictions over flips (default: {_on_off(DEFAULT_TTA)})")
+    parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=DEFAULT_POSTPROCESS,
+                        help="keep the largest lesion region and fill its holes "
+                             f"(default: {_on_off(DEFAULT_POSTPROCESS)})")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def load_model(path):

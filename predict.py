@@ -67,14 +67,8 @@ def build_parser():
                         help="an optional .keras model or run folder (default: the pre-trained "
                              "model), then image files or folders")
     parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
-                        help="average predictions over flips (default: off)")
-    parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=False,
-                        help="keep the largest lesion region and fill its holes (default: off)")
     parser.add_argument("--overlay", action="store_true", help="also write <id>_overlay.png, the outline on the image")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    inference.add_inference_arguments(parser)
     return parser
 
 

@@ -164,10 +164,12 @@ def build_parser():
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="flips, 90-degree turns, small affine and colour jitter on training "
                              "batches (default: on)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
-                        help="flip test-time augmentation for the final test metrics (default: off)")
-    parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=False,
-                        help="largest-region post-processing for the final test metrics (default: off)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=inference.DEFAULT_TTA,
+                        help="flip test-time augmentation for the final test metrics "
+                             f"(default: {'on' if inference.DEFAULT_TTA else 'off'}, as evaluate.py)")
+    parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=inference.DEFAULT_POSTPROCESS,
+                        help="largest-region post-processing for the final test metrics "
+                             f"(default: {'on' if inference.DEFAULT_POSTPROCESS else 'off'}, as evaluate.py)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, weights, order and augmentation "
                                                             "(default: %(default)s)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<model>_<date>-<time>)")
