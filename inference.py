@@ -22,7 +22,7 @@ from errors import InputError
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "improved_unet.keras")
 # Chosen on the validation split of the ISIC 2017 copy (README, "Results on real ISIC images").
 DEFAULT_TTA = False
-DEFAULT_POSTPROCESS = False
+DEFAULT_POSTPROCESS = True
 
 
 def _on_off(value):

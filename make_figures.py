@@ -46,7 +46,7 @@ def main(argv=None):
     with open(os.path.join(args.run, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
     plots.save_curves(plots.read_history(history_path), os.path.join(args.out, "training_curves.png"),
-                      f"Improved U-Net on ISIC 2017, {config['image_size'][0]}x{config['image_size'][1]}, "
+                      f"{'Improved' if config['model'] == 'improved' else 'Basic'} U-Net on ISIC 2017, {config['image_size'][0]}x{config['image_size'][1]}, "
                       f"{config['epochs']} epochs (validation split)")
     model_path, pairs, description, _ = evaluate.resolve_target(args.run, None, None, None, False, "test")
     model = inference.load_model(model_path)

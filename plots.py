@@ -67,7 +67,7 @@ def save_curves(history, path, title="Training curves"):
         path: PNG file to write.
         title: the figure's title.
     """
-    epochs = np.asarray(history.get("epoch", range(len(history["loss"])))) + 1
+    epochs = np.asarray(history.get("epoch", range(len(history["loss"]))), dtype=int) + 1
     fig = Figure(figsize=(10, 3.6))
     left, right = fig.subplots(1, 2)
     for axis, key, label in ((left, "loss", "loss"), (right, "dice", "Dice (per image, threshold 0.5)")):
