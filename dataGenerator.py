@@ -431,9 +431,13 @@ class LesionDataset(keras.utils.PyDataset):
             masks = np.stack([o["mask"] for o in out])
         return images.astype(np.float32) / 255.0, masks[..., None].astype(np.float32)
 
+    def set_epoch(self, epoch):
+        """Moves to epoch `epoch` (its order and augmentation), e.g. when resuming a run."""
+        self.epoch = epoch
+        self.order = self._order_for_epoch(epoch)
+
     def on_epoch_end(self):
-        self.epoch += 1
-        self.order = self._order_for_epoch(self.epoch)
+        self.set_epoch(self.epoch + 1)
 
 
 def save_json(obj, path):

@@ -206,7 +206,8 @@ def prepare_run_dir(args):
     """Creates, checks or reopens the run folder; on `--resume`, loads the saved settings.
 
     Returns:
-        `(config, state)`: the run's settings (a dict) and its `state.json` (or `None`).
+        `(config, state, created)`: the saved settings and `state.json` when resuming (else `None`),
+        and whether this call created the folder.
 
     Raises:
         InputError: the folder exists without `--resume`/`--overwrite`, or cannot be resumed.
@@ -225,14 +226,16 @@ def prepare_run_dir(args):
             state = json.load(handle)
         if args.epochs is not None:
             config["epochs"] = args.epochs
-        return config, state
+        return config, state, False
+    created = not os.path.exists(run_dir)
     if os.path.exists(run_dir) and (not os.path.isdir(run_dir) or os.listdir(run_dir)):
         if not args.overwrite:
             raise InputError(f"{run_dir}: run folder exists; pass --resume to continue it, "
                              "--overwrite to replace it, or another --out")
         shutil.rmtree(run_dir) if os.path.isdir(run_dir) else os.remove(run_dir)
+        created = True
     make_output_dir(run_dir)
-    return None, None
+    return None, None, created
 
 
 def resolve_config(args):
@@ -276,6 +279,32 @@ def resolve_config(args):
     }
 
 
+def _set_up_data(args, run_dir, config, state):
+    """Resolves the settings (writing `config.json`), pairs the data and splits it (`split.json`).
+
+    Returns:
+        `(config, (train_pairs, val_pairs, test_pairs), number_of_pairs)`.
+    """
+    if config is None:
+        config = resolve_config(args)
+    pairs = dataGenerator.find_pairs(config["images"], config["masks"], config["skip_unpaired"])
+    if config["limit"]:
+        pairs = pairs[: config["limit"]]
+    split_path = os.path.join(run_dir, "split.json")
+    if state is None:
+        split = dataGenerator.split_pairs(pairs, config["split_fractions"], config["seed"])
+    else:
+        split = dataGenerator.load_split(split_path)
+    parts = tuple(dataGenerator.select_pairs(pairs, split[name], split_path) for name in ("train", "val", "test"))
+    if not parts[0] or not parts[1]:
+        raise InputError(f"{config['images']}: {len(pairs)} pair(s) are too few to split into train, "
+                         "validation and test; use at least 3")
+    if state is None:
+        dataGenerator.save_json(config, os.path.join(run_dir, "config.json"))
+        dataGenerator.save_json(split, split_path)
+    return config, parts, len(pairs)
+
+
 def make_optimizer(config, steps_per_epoch):
     """Adam with linear warm-up to the peak learning rate, then cosine decay to 0."""
     total_steps = max(1, config["epochs"] * steps_per_epoch)
@@ -293,33 +322,20 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = os.path.join("runs", f"{args.model}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    config, state = prepare_run_dir(args)
+    config, state, created = prepare_run_dir(args)
     run_dir = args.out
-    if config is None:
-        config = resolve_config(args)
-        dataGenerator.save_json(config, os.path.join(run_dir, "config.json"))
+    try:
+        config, (train_pairs, val_pairs, test_pairs), n_pairs = _set_up_data(args, run_dir, config, state)
+        image_size = tuple(config["image_size"])
+        loader = dict(image_size=image_size, batch_size=config["batch_size"], seed=config["seed"],
+                      workers=config["workers"])
+        train_data = dataGenerator.LesionDataset(train_pairs, augment=config["augment"], shuffle=True, **loader)
+        val_data = dataGenerator.LesionDataset(val_pairs, augment=False, shuffle=False, **loader)
+    except (InputError, KeyboardInterrupt):
+        if created:  # a run that never started leaves nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     keras.utils.set_random_seed(config["seed"])
-
-    pairs = dataGenerator.find_pairs(config["images"], config["masks"], config["skip_unpaired"])
-    if config["limit"]:
-        pairs = pairs[: config["limit"]]
-    split_path = os.path.join(run_dir, "split.json")
-    if state is None:
-        split = dataGenerator.split_pairs(pairs, config["split_fractions"], config["seed"])
-        dataGenerator.save_json(split, split_path)
-    else:
-        split = dataGenerator.load_split(split_path)
-    train_pairs, val_pairs, test_pairs = (dataGenerator.select_pairs(pairs, split[name], split_path)
-                                          for name in ("train", "val", "test"))
-    if not train_pairs or not val_pairs:
-        raise InputError(f"{config['images']}: {len(pairs)} pair(s) are too few to split into train, "
-                         "validation and test; use at least 3")
-
-    image_size = tuple(config["image_size"])
-    loader = dict(image_size=image_size, batch_size=config["batch_size"], seed=config["seed"],
-                  workers=config["workers"])
-    train_data = dataGenerator.LesionDataset(train_pairs, augment=config["augment"], shuffle=True, **loader)
-    val_data = dataGenerator.LesionDataset(val_pairs, augment=False, shuffle=False, **loader)
 
     initial_epoch = 0
     if state is None:
@@ -332,11 +348,10 @@ def main(argv=None):
         model = keras.saving.load_model(os.path.join(run_dir, "last.keras"))
         initial_epoch = state["epochs_done"]
         _truncate_history(os.path.join(run_dir, "history.csv"), initial_epoch)
-        train_data.epoch = initial_epoch
-        train_data.order = train_data._order_for_epoch(initial_epoch)
+        train_data.set_epoch(initial_epoch)
         checkpoint = RunCheckpoint(run_dir, state["best_val_dice"], state["best_epoch"])
 
-    print(f"data: {len(pairs)} pairs from {config['images']} -> train {len(train_pairs)} / "
+    print(f"data: {n_pairs} pairs from {config['images']} -> train {len(train_pairs)} / "
           f"val {len(val_pairs)} / test {len(test_pairs)} at {image_size[0]}x{image_size[1]}"
           f"{' (synthetic demo)' if config['demo'] else ''} | model: {model.name}, "
           f"{model.count_params():,} params | {config['epochs']} epochs, batch {config['batch_size']}, "

@@ -130,3 +130,15 @@ def test_bad_input_gives_one_line_and_status_2(args, expected, tmp_path, synthet
         args = [*args, "--out", str(tmp_path / "run")]
     line = _one_error_line(run_script(*args))
     assert expected in line
+    assert not os.path.exists(tmp_path / "run")  # nothing partial left behind
+
+
+def test_orphans_stop_training_before_anything_is_written(tmp_path, synthetic_dir):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    os.remove(data / "masks" / "synthetic_0003_segmentation.png")
+    line = _one_error_line(run_script("train.py", "--data", str(data), "--out", str(tmp_path / "run"), *TINY))
+    assert "synthetic_0003" in line and "--skip-unpaired" in line
+    assert not os.path.exists(tmp_path / "run")
