@@ -166,9 +166,7 @@ def save_architecture_figure(model, path):
         return 7.4 - 0.55 * (level - 1), -level
 
     for level, name in encoder.items():
-        x, y = enc_xy(level) if level < depth or not improved else enc_xy(level)
-        if level == depth:
-            x = 4.2
+        x, y = (4.2, -level) if level == depth else enc_xy(level)
         text = f"level {level}: {enc_text if level < depth or improved else 'bottom: ' + enc_text}\n{_level_shape(model, name)}"
         axis.text(x, y, text, ha="center", va="center", fontsize=8, bbox=box)
         if level > 1:
