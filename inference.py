@@ -52,7 +52,8 @@ def load_model(path):
 
     Raises:
         InputError: the file is missing, is not a Keras model, carries code that safe mode refuses
-            (a `Lambda` layer), or does not map `(h, w, 3)` images to `(h, w, 1)` masks.
+            (a `Lambda` layer), does not map `(h, w, 3)` images to `(h, w, 1)` masks, or has no
+            fixed input size.
     """
     if not os.path.isfile(path):
         raise InputError(f"{path}: model file not found; pass a .keras file or a run folder")
@@ -75,17 +76,15 @@ def load_model(path):
             f"{path}: the model takes {model.input_shape} and gives {model.output_shape}; "
             "expected (batch, height, width, 3) RGB images and a (batch, height, width, 1) mask"
         )
+    if None in shape[1:3]:
+        raise InputError(f"{path}: the model takes images of any size; these tools need a model with a "
+                         "fixed input size, as train.py saves")
     return model
 
 
-def model_image_size(model, default=None):
-    """Returns the model's `(height, width)`, or `default` where a side is flexible."""
-    height, width = model.input_shape[1:3]
-    if height is None or width is None:
-        if default is None:
-            raise InputError("the model takes any image size; pass --image-size H W")
-        return tuple(default)
-    return height, width
+def model_image_size(model):
+    """Returns the `(height, width)` that the model takes (fixed; `load_model` checks it)."""
+    return tuple(model.input_shape[1:3])
 
 
 def predict_batch(model, images, tta=False):

@@ -180,3 +180,12 @@ def test_grey_level_masks_are_binarised_and_counted(tmp_path, caplog):
     assert "2 mask(s) held values other than 0 and 255" in caplog.text
     assert set(np.unique(masks)) == {0, 1}
     np.testing.assert_array_equal(masks[1].ravel()[:3], [0, 0, 1])
+
+
+def test_model_without_a_fixed_size_is_refused(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
+    path = str(tmp_path / "any_size.keras")
+    model.save(path)
+    with pytest.raises(InputError, match="fixed input size"):
+        inference.load_model(path)
