@@ -15,6 +15,7 @@ import datetime
 import json
 import math
 import os
+import re
 import shutil
 import sys
 
@@ -139,6 +140,17 @@ def _truncate_history(path, epochs_done):
         os.replace(tmp_path, path)
 
 
+_TEMP_NAME = re.compile(r"\.tmp\d+")
+
+
+def _remove_stale_temp_files(run_dir):
+    """Deletes temporary files (`<name>.tmp<pid>...`) that a killed run left half-written."""
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if _TEMP_NAME.search(name) and os.path.isfile(path):
+            os.remove(path)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Train a basic or Improved U-Net on lesion images and report test metrics. "
@@ -226,6 +238,7 @@ def prepare_run_dir(args):
             state = json.load(handle)
         if args.epochs is not None:
             config["epochs"] = args.epochs
+        _remove_stale_temp_files(run_dir)
         return config, state, False
     created = not os.path.exists(run_dir)
     if os.path.exists(run_dir) and (not os.path.isdir(run_dir) or os.listdir(run_dir)):

@@ -159,6 +159,10 @@ def test_kill_9_then_resume_finishes_the_planned_epochs(synthetic_dir, tmp_path)
         done = json.load(handle)["epochs_done"]
     assert 1 <= done < 4
     keras.saving.load_model(os.path.join(run_dir, "best.keras"))  # intact after the kill
+    # A kill during a write leaves a temporary file (CI once caught one from curves.png); make
+    # sure there is one, so the clean-up on resume is always checked.
+    with open(os.path.join(run_dir, "curves.tmp99999.png"), "wb") as handle:
+        handle.write(b"half-written")
     result = run_script("train.py", "--out", run_dir, "--resume", "--verbose", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(run_dir, "history.csv")) as handle:
