@@ -263,17 +263,20 @@ def read_mask(path, size=None, return_was_binary=False):
 
     Returns:
         A `uint8` array of shape `(height, width)` holding only 0 and 1 (and, with
-        `return_was_binary`, a bool).
+        `return_was_binary`, whether the pixels kept, all of them when not resized, held only 0
+        and 255).
 
     Raises:
         InputError: the file is missing, truncated or not an image.
     """
     image = _open(path, "mask")
     try:
-        grey = np.asarray(_to_rgb(image).convert("L"))
+        if size is not None and image.size != (size[1], size[0]):
+            # Nearest neighbour only picks pixels, so resizing before thresholding gives the same
+            # mask, and a 4000x3000 mask is never converted or thresholded at full size.
+            image = image.resize((size[1], size[0]), Image.NEAREST)
+        grey = np.asarray(image if image.mode == "L" else _to_rgb(image).convert("L"))
         mask = (grey >= 128).astype(np.uint8)
-        if size is not None and mask.shape != tuple(size):
-            mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
     except _DECODE_ERRORS as error:
         raise InputError(f"{path}: cannot decode this mask ({error}); replace or remove the file") from None
     if return_was_binary:
@@ -299,26 +302,30 @@ def _load_pair(pair, image_size):
             *read_mask(pair.mask_path, image_size, return_was_binary=True))
 
 
-def load_arrays(pairs, image_size=DEFAULT_IMAGE_SIZE, progress=True):
+def load_arrays(pairs, image_size=DEFAULT_IMAGE_SIZE, progress=True, out=None):
     """Decodes and resizes every pair once, in parallel threads.
 
     Args:
         pairs: list of `Pair`.
         image_size: `(height, width)` to resize to.
         progress: show a progress bar.
+        out: optional `(images, masks)` arrays to fill (e.g. the memory maps of `cache.py`).
 
     Returns:
         `(images, masks)`: `uint8` arrays of shapes `(n, h, w, 3)` and `(n, h, w)`, masks in {0, 1}.
         Masks holding values other than 0 and 255 are binarised at 128 and counted in a log note.
     """
     height, width = image_size
-    images = np.empty((len(pairs), height, width, 3), dtype=np.uint8)
-    masks = np.empty((len(pairs), height, width), dtype=np.uint8)
+    if out is None:
+        out = (np.empty((len(pairs), height, width, 3), dtype=np.uint8),
+               np.empty((len(pairs), height, width), dtype=np.uint8))
+    images, masks = out
     not_binary = 0
+    # Pillow releases the GIL while it decodes and resizes, so threads use every core.
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         loaded = pool.map(lambda pair: _load_pair(pair, image_size), pairs)
         for index, (image, mask, was_binary) in enumerate(
-            tqdm(loaded, total=len(pairs), desc="Loading", unit="img", disable=not progress,
+            tqdm(loaded, total=len(pairs), desc="Decoding", unit="img", disable=not progress,
                  leave=False)
         ):
             images[index], masks[index] = image, mask

@@ -17,12 +17,16 @@ import math
 import os
 import re
 import shutil
+import statistics
 import sys
+import time
 
 import keras
 import numpy as np
 
+import cache
 import dataGenerator
+import distribution
 import evaluate
 import inference
 import metrics
@@ -122,6 +126,50 @@ class CurvesPlot(keras.callbacks.Callback):
             plots.save_curves(history, os.path.join(self.run_dir, "curves.png"), self.title)
 
 
+class EpochTiming(keras.callbacks.Callback):
+    """Adds wall-clock timings to each epoch's logs, and so to `history.csv`.
+
+    - `elapsed_s`: seconds from `start` (when `train.py` began) to the end of the epoch.
+    - `train_s`, `val_s`: the epoch's training and validation wall time.
+    - `stall_s`: training wall time not explained by its steps: `train_s` minus the number of steps
+      times the median step time. Input waits between steps and epoch-end stalls land here.
+
+    Args:
+        start: `time.perf_counter()` value at which the run started.
+    """
+
+    def __init__(self, start):
+        super().__init__()
+        self.start = start
+        self._steps = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._steps = []
+        self._val_start = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps.append(time.perf_counter() - self._step_start)
+
+    def on_test_begin(self, logs=None):
+        if self._val_start is None and self._steps:  # validation inside fit(), not evaluate()
+            self._val_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not self._steps:
+            return
+        now = time.perf_counter()
+        train_end = self._val_start or now
+        train_s = train_end - self._epoch_start
+        logs["elapsed_s"] = now - self.start
+        logs["train_s"] = train_s
+        logs["val_s"] = now - train_end
+        logs["stall_s"] = train_s - len(self._steps) * statistics.median(self._steps)
+
+
 def _truncate_history(path, epochs_done):
     """Keeps the header and the first `epochs_done` rows of `history.csv`.
 
@@ -187,6 +235,20 @@ def build_parser():
     parser.add_argument("--out", default=None, help="run folder (default: runs/<model>_<date>-<time>)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs, by id (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="threads preparing batches (default: %(default)s)")
+    parser.add_argument("--cache-dir", default=cache.default_cache_dir(),
+                        help="where decoded, resized images are cached between runs, keyed by the files' "
+                             "names, sizes and dates (default: %(default)s)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="decode every image into memory at each start instead of caching "
+                             "(the synthetic demo never caches)")
+    parser.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=False,
+                        help="compute in bfloat16 on a CPU, float16 on a GPU; weights, output layer and "
+                             "loss stay float32 (default: off)")
+    parser.add_argument("--distribute", choices=distribution.MODES, default="auto",
+                        help="data-parallel training: auto uses every GPU when there are several, and "
+                             "MultiWorkerMirroredStrategy when TF_CONFIG is set; mirrored uses every "
+                             "visible device; --batch-size is global, split between replicas "
+                             "(default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch, with its saved settings")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder --out")
@@ -285,6 +347,7 @@ def resolve_config(args):
         "seed": args.seed,
         "limit": args.limit,
         "workers": args.workers,
+        "mixed_precision": args.mixed_precision,
         "split_fractions": list(dataGenerator.DEFAULT_SPLIT),
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
@@ -296,7 +359,7 @@ def _set_up_data(args, run_dir, config, state):
     """Resolves the settings (writing `config.json`), pairs the data and splits it (`split.json`).
 
     Returns:
-        `(config, (train_pairs, val_pairs, test_pairs), number_of_pairs)`.
+        `(config, (train_pairs, val_pairs, test_pairs), all_pairs)`.
     """
     if config is None:
         config = resolve_config(args)
@@ -315,7 +378,17 @@ def _set_up_data(args, run_dir, config, state):
     if state is None:
         dataGenerator.save_json(config, os.path.join(run_dir, "config.json"))
         dataGenerator.save_json(split, split_path)
-    return config, parts, len(pairs)
+    return config, parts, pairs
+
+
+def _load_arrays(pairs, image_size, cache_dir, progress):
+    """Decodes `pairs` (from the cache when possible) into in-memory `uint8` arrays."""
+    started = time.perf_counter()
+    images, masks, status = cache.cached_arrays(pairs, image_size, cache_dir, progress)
+    where = {"off": "decoded (no cache)", "built": f"decoded and cached in {cache_dir}",
+             "reused": f"read from the cache in {cache_dir}"}[status]
+    print(f"images: {len(pairs)} {where} in {time.perf_counter() - started:.1f} s")
+    return images, masks
 
 
 def make_optimizer(config, steps_per_epoch):
@@ -332,33 +405,49 @@ def make_optimizer(config, steps_per_epoch):
 
 
 def main(argv=None):
+    started = time.perf_counter()
     args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = os.path.join("runs", f"{args.model}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
     config, state, created = prepare_run_dir(args)
     run_dir = args.out
     try:
-        config, (train_pairs, val_pairs, test_pairs), n_pairs = _set_up_data(args, run_dir, config, state)
+        config, (train_pairs, val_pairs, test_pairs), pairs = _set_up_data(args, run_dir, config, state)
+        n_pairs = len(pairs)
         image_size = tuple(config["image_size"])
+        # One cache entry for every pair (the test split too), so other seeds and splits reuse it.
+        cache_dir = None if (args.no_cache or config["demo"]) else args.cache_dir
+        images, masks = _load_arrays(pairs if cache_dir else train_pairs + val_pairs, image_size, cache_dir,
+                                     args.verbose == 1)
+        row = {pair.id: index for index, pair in enumerate(pairs if cache_dir else train_pairs + val_pairs)}
         loader = dict(image_size=image_size, batch_size=config["batch_size"], seed=config["seed"],
                       workers=config["workers"])
-        train_data = dataGenerator.LesionDataset(train_pairs, augment=config["augment"], shuffle=True, **loader)
-        val_data = dataGenerator.LesionDataset(val_pairs, augment=False, shuffle=False, **loader)
+
+        def dataset(part, **options):
+            rows = [row[pair.id] for pair in part]
+            return dataGenerator.LesionDataset(part, arrays=(images[rows], masks[rows]), **options, **loader)
+
+        train_data = dataset(train_pairs, augment=config["augment"], shuffle=True)
+        val_data = dataset(val_pairs, augment=False, shuffle=False)
     except (InputError, KeyboardInterrupt):
         if created:  # a run that never started leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     keras.utils.set_random_seed(config["seed"])
+    policy = distribution.set_mixed_precision(config.get("mixed_precision", False))
+    spread = distribution.choose_distribution(args.distribute)
 
     initial_epoch = 0
     if state is None:
-        model = MODELS[config["model"]](image_size, **config["model_kwargs"])
-        model.compile(optimizer=make_optimizer(config, len(train_data)),
-                      loss=metrics.SegmentationLoss(config["loss"]),
-                      metrics=metrics.training_metrics())
+        with spread.scope:
+            model = MODELS[config["model"]](image_size, **config["model_kwargs"])
+            model.compile(optimizer=make_optimizer(config, len(train_data)),
+                          loss=metrics.SegmentationLoss(config["loss"]),
+                          metrics=metrics.training_metrics())
         checkpoint = RunCheckpoint(run_dir)
     else:
-        model = keras.saving.load_model(os.path.join(run_dir, "last.keras"))
+        with spread.scope:
+            model = keras.saving.load_model(os.path.join(run_dir, "last.keras"))
         initial_epoch = state["epochs_done"]
         _truncate_history(os.path.join(run_dir, "history.csv"), initial_epoch)
         train_data.set_epoch(initial_epoch)
@@ -368,20 +457,23 @@ def main(argv=None):
           f"val {len(val_pairs)} / test {len(test_pairs)} at {image_size[0]}x{image_size[1]}"
           f"{' (synthetic demo)' if config['demo'] else ''} | model: {model.name}, "
           f"{model.count_params():,} params | {config['epochs']} epochs, batch {config['batch_size']}, "
-          f"{config['loss']} loss | {describe_device()}, Keras {keras.__version__} "
+          f"{config['loss']} loss, {policy} | {describe_device()} ({spread.description}), Keras {keras.__version__} "
           f"({keras.backend.backend()}) | run: {run_dir}"
           + (f" | resuming after epoch {initial_epoch}" if initial_epoch else ""))
 
     nan_guard = StopOnNonFiniteLoss()
     callbacks = [
         nan_guard,
+        EpochTiming(started),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_epoch > 0),
         checkpoint,
         CurvesPlot(run_dir, f"{model.name} on {os.path.basename(os.path.dirname(config['images']))}"),
     ]
     if initial_epoch < config["epochs"]:
+        # shuffle=False: LesionDataset already walks a permutation seeded by (seed, epoch); Keras's own
+        # batch shuffling would draw from Python's global `random`, so the order would change on --resume.
         model.fit(train_data, validation_data=val_data, epochs=config["epochs"], initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=args.verbose)
+                  callbacks=callbacks, verbose=args.verbose, shuffle=False)
     if nan_guard.where is not None:
         epoch, batch, loss = nan_guard.where
         print(f"error: training stopped: the loss became {loss} at epoch {epoch}, batch {batch}; "

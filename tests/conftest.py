@@ -20,6 +20,18 @@ def synthetic_dir(tmp_path_factory):
     return synthetic.write_dataset(str(tmp_path_factory.mktemp("synthetic")), num_samples=24, shape=(48, 64), seed=3)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """Points train.py's default image cache at a temporary folder, for this process and its children."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield os.environ["XDG_CACHE_HOME"]
+    if previous is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 def run_script(*args, env=None, timeout=600):
     """Runs one of the project's scripts in a fresh Python process from the project root."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
