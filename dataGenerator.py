@@ -391,14 +391,17 @@ class LesionDataset(keras.utils.PyDataset):
         seed: seed of the order and the augmentation.
         arrays: optional `(images, masks)` already loaded by `load_arrays`, to skip decoding.
         progress: show a progress bar while decoding.
+        pad_to_multiple: when above 1, a last batch whose size is not a multiple of it is padded with
+            repeats of its first samples, and every batch comes with per-image sample weights, 0 for
+            the padding; for data-parallel backends that need equal shards (JAX `DataParallel`).
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `keras.utils.PyDataset`.
 
     Returns batches of `float32` images in [0, 1], shape `(b, h, w, 3)`, and `float32` masks in
-    {0, 1}, shape `(b, h, w, 1)`.
+    {0, 1}, shape `(b, h, w, 1)` (and `float32` weights, shape `(b,)`, with `pad_to_multiple`).
     """
 
     def __init__(self, pairs, image_size=DEFAULT_IMAGE_SIZE, batch_size=16, augment=False,
-                 shuffle=False, seed=0, arrays=None, progress=True, **kwargs):
+                 shuffle=False, seed=0, arrays=None, progress=True, pad_to_multiple=1, **kwargs):
         super().__init__(**kwargs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -408,6 +411,7 @@ class LesionDataset(keras.utils.PyDataset):
         self.augment = augment
         self.shuffle = shuffle
         self.seed = seed
+        self.pad_to_multiple = pad_to_multiple
         self.images, self.masks = arrays if arrays is not None else load_arrays(
             self.pairs, self.image_size, progress)
         self.epoch = 0
@@ -429,6 +433,9 @@ class LesionDataset(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for {len(self)} batches")
         ids = self.batch_ids(index)
+        real = len(ids)
+        if self.pad_to_multiple > 1 and real % self.pad_to_multiple:
+            ids = np.resize(ids, real + self.pad_to_multiple - real % self.pad_to_multiple)  # repeats
         images, masks = self.images[ids], self.masks[ids]
         if self.augment:
             seed = np.random.default_rng([self.seed, self.epoch, index]).integers(2**31)
@@ -436,7 +443,10 @@ class LesionDataset(keras.utils.PyDataset):
             out = [transform(image=image, mask=mask) for image, mask in zip(images, masks)]
             images = np.stack([o["image"] for o in out])
             masks = np.stack([o["mask"] for o in out])
-        return images.astype(np.float32) / 255.0, masks[..., None].astype(np.float32)
+        batch = images.astype(np.float32) / 255.0, masks[..., None].astype(np.float32)
+        if self.pad_to_multiple > 1:
+            return (*batch, (np.arange(len(ids)) < real).astype(np.float32))
+        return batch
 
     def set_epoch(self, epoch):
         """Moves to epoch `epoch` (its order and augmentation), e.g. when resuming a run."""

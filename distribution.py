@@ -11,6 +11,7 @@ so a run gives the same updates whatever the number of devices.
 
 import contextlib
 import dataclasses
+import json
 import os
 
 import keras
@@ -79,6 +80,35 @@ def choose_distribution(mode="auto"):
     if mode in ("mirrored", "multi-worker"):
         raise InputError(f"--distribute {mode}: not available with the {backend} backend; use tensorflow or jax")
     return Distribution(contextlib.nullcontext(), 1, "one device")
+
+
+def use_one_device():
+    """Ends a JAX `DataParallel` distribution, so later models run on one device (no-op otherwise)."""
+    if keras.backend.backend() == "jax" and keras.distribution.distribution() is not None:
+        keras.distribution.set_distribution(None)
+
+
+def multi_worker_role():
+    """Reads `TF_CONFIG`: returns `(is_chief, task_name)`, or `(True, None)` when it is unset.
+
+    The chief is the `chief` task, or worker 0 when the cluster has no chief. Every worker trains;
+    only the chief's run folder is the result, the others write to `<out>.<task_name>`.
+
+    Raises:
+        InputError: `TF_CONFIG` is not JSON with a `task` entry.
+    """
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return True, None
+    try:
+        config = json.loads(text)
+        task_type, index = config["task"]["type"], int(config["task"].get("index", 0))
+    except (ValueError, KeyError, TypeError):
+        raise InputError('TF_CONFIG: expected JSON like {"cluster": {"worker": ["host0:port", "host1:port"]}, '
+                         '"task": {"type": "worker", "index": 0}}') from None
+    has_chief = bool(config.get("cluster", {}).get("chief"))
+    is_chief = task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief)
+    return is_chief, f"{task_type}{index}"
 
 
 def accelerator_present():

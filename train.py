@@ -409,6 +409,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = os.path.join("runs", f"{args.model}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if args.distribute in ("auto", "multi-worker") and keras.backend.backend() == "tensorflow":
+        is_chief, task_name = distribution.multi_worker_role()
+        if not is_chief:  # every worker trains, only the chief's folder is the result
+            args.out = f"{args.out}.{task_name}"
     config, state, created = prepare_run_dir(args)
     run_dir = args.out
     try:
@@ -417,11 +421,14 @@ def main(argv=None):
         image_size = tuple(config["image_size"])
         # One cache entry for every pair (the test split too), so other seeds and splits reuse it.
         cache_dir = None if (args.no_cache or config["demo"]) else args.cache_dir
-        images, masks = _load_arrays(pairs if cache_dir else train_pairs + val_pairs, image_size, cache_dir,
-                                     args.verbose == 1)
-        row = {pair.id: index for index, pair in enumerate(pairs if cache_dir else train_pairs + val_pairs)}
+        to_load = pairs if cache_dir else train_pairs + val_pairs
+        images, masks = _load_arrays(to_load, image_size, cache_dir, args.verbose == 1)
+        row = {pair.id: index for index, pair in enumerate(to_load)}
+        spread = distribution.choose_distribution(args.distribute)
+        # JAX shards each batch evenly over the devices: pad the last batch, weighting the padding 0.
+        pad = spread.replicas if keras.backend.backend() == "jax" else 1
         loader = dict(image_size=image_size, batch_size=config["batch_size"], seed=config["seed"],
-                      workers=config["workers"])
+                      workers=config["workers"], pad_to_multiple=pad)
 
         def dataset(part, **options):
             rows = [row[pair.id] for pair in part]
@@ -435,7 +442,6 @@ def main(argv=None):
         raise
     keras.utils.set_random_seed(config["seed"])
     policy = distribution.set_mixed_precision(config.get("mixed_precision", False))
-    spread = distribution.choose_distribution(args.distribute)
 
     initial_epoch = 0
     if state is None:
@@ -443,7 +449,8 @@ def main(argv=None):
             model = MODELS[config["model"]](image_size, **config["model_kwargs"])
             model.compile(optimizer=make_optimizer(config, len(train_data)),
                           loss=metrics.SegmentationLoss(config["loss"]),
-                          metrics=metrics.training_metrics())
+                          # weighted: the zero-weight padding of JAX data-parallel batches stays out
+                          weighted_metrics=metrics.training_metrics())
         checkpoint = RunCheckpoint(run_dir)
     else:
         with spread.scope:
@@ -481,6 +488,7 @@ def main(argv=None):
               file=sys.stderr)
         return 1
 
+    distribution.use_one_device()  # the test images come one by one, in batches of any size
     best_model = inference.load_model(os.path.join(run_dir, "best.keras"))
     options = dict(tta=config["tta"], postprocess=config["postprocess"])
     if test_pairs:

@@ -182,3 +182,34 @@ def test_augmentation_is_deterministic_per_seed_epoch_and_batch(synthetic_dir):
     np.testing.assert_array_equal(first[0][0], second[0][0])
     first.on_epoch_end()
     assert not np.array_equal(first[0][0], second[0][0])
+
+
+def test_padding_for_equal_shards_repeats_samples_with_zero_weight(synthetic_dir):
+    pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:7]
+    plain = LesionDataset(pairs, (16, 16), 4, progress=False)
+    padded = LesionDataset(pairs, (16, 16), 4, pad_to_multiple=4, arrays=(plain.images, plain.masks),
+                           progress=False)
+    images, masks, weights = padded[1]  # 3 real samples, padded to 4
+    assert images.shape == (4, 16, 16, 3) and masks.shape == (4, 16, 16, 1)
+    np.testing.assert_array_equal(weights, [1, 1, 1, 0])
+    np.testing.assert_array_equal(images[:3], plain[1][0])
+    np.testing.assert_array_equal(images[3], plain[1][0][0])
+    np.testing.assert_array_equal(padded[0][2], [1, 1, 1, 1])
+
+
+def test_zero_weight_padding_leaves_the_validation_metrics_unchanged(synthetic_dir):
+    keras = pytest.importorskip("keras")
+    import metrics
+    from model_improved import build_improved_unet
+
+    pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:7]
+    plain = LesionDataset(pairs, (16, 16), 7, progress=False)
+    padded = LesionDataset(pairs, (16, 16), 7, pad_to_multiple=4, arrays=(plain.images, plain.masks), progress=False)
+    keras.utils.set_random_seed(0)
+    model = build_improved_unet((16, 16), base_filters=2, depth=2)
+    model.compile(loss=metrics.SegmentationLoss("dice"), weighted_metrics=metrics.training_metrics())  # as train.py
+    # The padded copy repeats an image whose Dice differs from the mean: only weight 0 keeps it out.
+    expected = model.evaluate(plain, verbose=0, return_dict=True)
+    got = model.evaluate(padded, verbose=0, return_dict=True)
+    assert got["dice"] == pytest.approx(expected["dice"], abs=1e-6)
+    assert got["jaccard"] == pytest.approx(expected["jaccard"], abs=1e-6)

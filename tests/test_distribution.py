@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import pytest
 
@@ -43,10 +42,37 @@ def test_train_py_runs_mirrored_on_two_cpu_devices(synthetic_dir, tmp_path):
 
 def test_jax_data_parallel_on_two_cpu_devices(synthetic_dir, tmp_path):
     pytest.importorskip("jax")
-    result = run_script("train.py", "--data", synthetic_dir, "--out", str(tmp_path / "run"), "--epochs", "1",
+    # 23 pairs: odd split sizes, so the last batches must be padded to shard over 2 devices.
+    result = run_script("train.py", "--data", synthetic_dir, "--limit", "23", "--out", str(tmp_path / "run"),
+                        "--epochs", "1",
                         "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "4", "--verbose", "2",
                         "--distribute", "mirrored",
                         env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DataParallel over 2 devices" in result.stdout
     assert os.path.isfile(tmp_path / "run" / "metrics.json")
+
+
+@pytest.mark.parametrize("tf_config, expected", [
+    (None, (True, None)),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, (True, "worker0")),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, (False, "worker1")),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, (False, "worker0")),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}, (True, "chief0")),
+])
+def test_multi_worker_role_from_tf_config(monkeypatch, tf_config, expected):
+    import distribution
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert distribution.multi_worker_role() == expected
+
+
+def test_bad_tf_config_is_a_clear_error(monkeypatch):
+    import distribution
+
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG: expected JSON"):
+        distribution.multi_worker_role()
