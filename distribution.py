@@ -33,11 +33,12 @@ class Distribution:
 def _tensorflow_distribution(mode):
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
+    # Listing logical devices starts TensorFlow, after which a multi-worker strategy cannot be made.
     if mode == "multi-worker" or (mode == "auto" and os.environ.get("TF_CONFIG")):
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         return Distribution(strategy.scope(), strategy.num_replicas_in_sync,
                             f"MultiWorkerMirroredStrategy, {strategy.num_replicas_in_sync} replicas")
+    gpus = tf.config.list_logical_devices("GPU")
     if mode == "mirrored" or (mode == "auto" and len(gpus) > 1):
         devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
         strategy = tf.distribute.MirroredStrategy(devices)

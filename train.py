@@ -413,6 +413,8 @@ def main(argv=None):
         is_chief, task_name = distribution.multi_worker_role()
         if not is_chief:  # every worker trains, only the chief's folder is the result
             args.out = f"{args.out}.{task_name}"
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
+    spread = distribution.choose_distribution(args.distribute)
     config, state, created = prepare_run_dir(args)
     run_dir = args.out
     try:
@@ -424,7 +426,6 @@ def main(argv=None):
         to_load = pairs if cache_dir else train_pairs + val_pairs
         images, masks = _load_arrays(to_load, image_size, cache_dir, args.verbose == 1)
         row = {pair.id: index for index, pair in enumerate(to_load)}
-        spread = distribution.choose_distribution(args.distribute)
         # JAX shards each batch evenly over the devices: pad the last batch, weighting the padding 0.
         pad = spread.replicas if keras.backend.backend() == "jax" else 1
         loader = dict(image_size=image_size, batch_size=config["batch_size"], seed=config["seed"],
@@ -479,8 +480,18 @@ def main(argv=None):
     if initial_epoch < config["epochs"]:
         # shuffle=False: LesionDataset already walks a permutation seeded by (seed, epoch); Keras's own
         # batch shuffling would draw from Python's global `random`, so the order would change on --resume.
-        model.fit(train_data, validation_data=val_data, epochs=config["epochs"], initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=args.verbose, shuffle=False)
+        try:
+            model.fit(train_data, validation_data=val_data, epochs=config["epochs"], initial_epoch=initial_epoch,
+                      callbacks=callbacks, verbose=args.verbose, shuffle=False)
+        except ValueError as error:
+            if "MultiWorker" not in spread.description or "PerReplica" not in str(error):
+                raise
+            print("error: Keras " + keras.__version__ + " cannot fit() under MultiWorkerMirroredStrategy "
+                  "(https://github.com/keras-team/keras/issues/20585); train on one machine (several GPUs "
+                  "work with MirroredStrategy), or unset TF_CONFIG", file=sys.stderr)
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            return 1
     if nan_guard.where is not None:
         epoch, batch, loss = nan_guard.where
         print(f"error: training stopped: the loss became {loss} at epoch {epoch}, batch {batch}; "
