@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shutil
-import statistics
 import sys
 import time
 
@@ -131,8 +130,9 @@ class EpochTiming(keras.callbacks.Callback):
 
     - `elapsed_s`: seconds from `start` (when `train.py` began) to the end of the epoch.
     - `train_s`, `val_s`: the epoch's training and validation wall time.
-    - `stall_s`: training wall time not explained by its steps: `train_s` minus the number of steps
-      times the median step time. Input waits between steps and epoch-end stalls land here.
+    - `steps_s`: the sum of its training step times; `step_max_s`: the slowest step.
+    - `stall_s`: `train_s - steps_s`, time the training loop spent outside its steps (waiting for
+      input between steps, epoch-end stalls).
 
     Args:
         start: `time.perf_counter()` value at which the run started.
@@ -167,7 +167,9 @@ class EpochTiming(keras.callbacks.Callback):
         logs["elapsed_s"] = now - self.start
         logs["train_s"] = train_s
         logs["val_s"] = now - train_end
-        logs["stall_s"] = train_s - len(self._steps) * statistics.median(self._steps)
+        logs["steps_s"] = sum(self._steps)
+        logs["step_max_s"] = max(self._steps)
+        logs["stall_s"] = train_s - logs["steps_s"]
 
 
 def _truncate_history(path, epochs_done):

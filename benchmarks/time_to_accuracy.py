@@ -6,9 +6,8 @@
 Starts `python train.py --data DATA --out OUT [extra train.py arguments after --]` and watches the
 run's `history.csv`. Reports the seconds from the start of the command to the end of the first epoch
 whose validation per-image Dice reaches `--target`, then stops the run (unless `--finish`). It also
-prints each epoch's timings from `history.csv`, including `stall_s`: training wall time not explained
-by the epoch's steps (its step count times its median step time), to check the input pipeline does
-not stall.
+prints each epoch's timings from `history.csv`, including `stall_s`: the epoch's training wall time
+minus the sum of its step times, to check the input pipeline does not stall.
 """
 
 import argparse
@@ -57,6 +56,7 @@ def main(argv=None):
                 print(f"[bench] epoch {int(row['epoch']) + 1}: val Dice {float(row['val_dice']):.4f}, "
                       f"{elapsed:.0f} s since start (train.py's own clock: {float(row['elapsed_s']):.0f} s); "
                       f"train {float(row['train_s']):.1f} s, val {float(row['val_s']):.1f} s, "
+                      f"steps {float(row['steps_s']):.1f} s (slowest {float(row['step_max_s']):.2f} s), "
                       f"stall {float(row['stall_s']):.2f} s", flush=True)
                 if reached is None and float(row["val_dice"]) >= args.target:
                     reached = (int(row["epoch"]) + 1, elapsed)

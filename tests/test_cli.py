@@ -45,6 +45,12 @@ def test_train_writes_a_complete_run_folder(trained_run):
     with open(os.path.join(run_dir, "history.csv")) as handle:
         history = list(csv.DictReader(handle))
     assert len(history) == 2 and {"loss", "dice", "val_dice", "val_loss"} <= set(history[0])
+    for row in history:  # timings: the steps and the time outside them add up to the training time
+        elapsed, train, val, steps, stall = (float(row[k]) for k in ("elapsed_s", "train_s", "val_s", "steps_s",
+                                                                      "stall_s"))
+        assert 0 < float(row["step_max_s"]) <= steps <= train and train + val <= elapsed
+        assert stall == pytest.approx(train - steps, abs=1e-6)
+    assert float(history[1]["elapsed_s"]) > float(history[0]["elapsed_s"])
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         summary = json.load(handle)
     assert set(REPORT_METRICS) | {"n_images"} <= set(summary) and summary["n_images"] == 2
