@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import random
 import sys
 
 import keras
@@ -379,8 +380,8 @@ class LesionDataset(keras.utils.PyDataset):
 
     Batches walk through a seeded permutation of the samples that is drawn anew at every epoch end
     (when `shuffle`); the last batch may be smaller, so every sample is seen exactly once an epoch.
-    Augmentation of batch `i` in epoch `e` is seeded from `(seed, e, i)`, so it does not depend on
-    which worker thread makes the batch.
+    Augmentation of the `k`-th sample of batch `i` in epoch `e` is seeded from `(seed, e, i, k)`, so it
+    depends neither on which worker thread makes the batch nor on which process takes that sample.
 
     Args:
         pairs: list of `Pair`.
@@ -394,17 +395,34 @@ class LesionDataset(keras.utils.PyDataset):
         pad_to_multiple: when above 1, a last batch whose size is not a multiple of it is padded with
             repeats of its first samples, and every batch comes with per-image sample weights, 0 for
             the padding; for data-parallel backends that need equal shards (JAX `DataParallel`).
+        shard: `(index, count)`: yield only the `index`-th of `count` equal, contiguous slices of every
+            batch, for one process of a multi-process run whose `batch_size` is global. `batch_size`
+            must be a multiple of `count`, and a last batch is padded (as above) to a multiple of it.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `keras.utils.PyDataset`.
 
     Returns batches of `float32` images in [0, 1], shape `(b, h, w, 3)`, and `float32` masks in
-    {0, 1}, shape `(b, h, w, 1)` (and `float32` weights, shape `(b,)`, with `pad_to_multiple`).
+    {0, 1}, shape `(b, h, w, 1)` (and `float32` weights, shape `(b,)`, with `pad_to_multiple` or
+    `shard`).
+
+    Raises:
+        ValueError: `batch_size` < 1, or not a multiple of the shard count.
     """
 
     def __init__(self, pairs, image_size=DEFAULT_IMAGE_SIZE, batch_size=16, augment=False,
-                 shuffle=False, seed=0, arrays=None, progress=True, pad_to_multiple=1, **kwargs):
+                 shuffle=False, seed=0, arrays=None, progress=True, pad_to_multiple=1, shard=(0, 1),
+                 **kwargs):
         super().__init__(**kwargs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        shard_index, shard_count = shard
+        if not 0 <= shard_index < shard_count:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
+        if batch_size % shard_count:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of the {shard_count} processes "
+                             "that share each batch")
+        self.shard = (shard_index, shard_count)
+        # Every process must get as many samples as the others, padding included.
+        pad_to_multiple = math.lcm(pad_to_multiple, shard_count)
         self.pairs = list(pairs)
         self.image_size = tuple(image_size)
         self.batch_size = batch_size
@@ -436,16 +454,24 @@ class LesionDataset(keras.utils.PyDataset):
         real = len(ids)
         if self.pad_to_multiple > 1 and real % self.pad_to_multiple:
             ids = np.resize(ids, real + self.pad_to_multiple - real % self.pad_to_multiple)  # repeats
-        images, masks = self.images[ids], self.masks[ids]
+        weights = (np.arange(len(ids)) < real).astype(np.float32)
+        positions = np.arange(len(ids))
+        shard_index, shard_count = self.shard
+        if shard_count > 1:
+            positions = np.array_split(positions, shard_count)[shard_index]
+        images, masks = self.images[ids[positions]], self.masks[ids[positions]]
         if self.augment:
-            seed = np.random.default_rng([self.seed, self.epoch, index]).integers(2**31)
-            transform = build_augmentation(self.image_size, seed=int(seed))
-            out = [transform(image=image, mask=mask) for image, mask in zip(images, masks)]
+            transform = build_augmentation(self.image_size, seed=0)
+            out = []
+            for position, image, mask in zip(positions, images, masks):
+                rng = np.random.default_rng([self.seed, self.epoch, index, position])
+                transform.set_random_state(rng, random.Random(int(rng.integers(2**31))))
+                out.append(transform(image=image, mask=mask))
             images = np.stack([o["image"] for o in out])
             masks = np.stack([o["mask"] for o in out])
         batch = images.astype(np.float32) / 255.0, masks[..., None].astype(np.float32)
         if self.pad_to_multiple > 1:
-            return (*batch, (np.arange(len(ids)) < real).astype(np.float32))
+            return (*batch, weights[positions])
         return batch
 
     def set_epoch(self, epoch):

@@ -2,7 +2,9 @@
 
 - TensorFlow backend: `tf.distribute.MirroredStrategy` over the visible GPUs (or, when asked for
   explicitly, over the logical CPU devices); `MultiWorkerMirroredStrategy` when `TF_CONFIG` is set.
-- JAX backend: `keras.distribution.DataParallel` over the visible devices.
+- JAX backend: `keras.distribution.DataParallel` over the visible devices; over several processes
+  (machines) when Keras's `KERAS_DISTRIBUTION_*` variables are set, each process feeding its slice of
+  every batch.
 - PyTorch backend: one device.
 
 The batch size given to `train.py` is global: each step's batch is split evenly between the replicas,
@@ -21,13 +23,29 @@ from errors import InputError
 MODES = ("auto", "off", "mirrored", "multi-worker")
 
 
+# Read by `keras.distribution.initialize()` when JAX runs over several processes.
+JAX_PROCESS_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                         "KERAS_DISTRIBUTION_PROCESS_ID")
+
+
 @dataclasses.dataclass
 class Distribution:
-    """How training is spread: a scope to build and compile the model in, and the replica count."""
+    """How training is spread.
+
+    Attributes:
+        scope: context to build, compile and load models in.
+        replicas: devices that share each batch, over all processes.
+        description: one line for the run's log.
+        processes: processes that share each batch; each feeds `batch_size / processes` samples
+            (JAX multi-process only: TensorFlow's strategies split the batch themselves).
+        process_index: this process's index among them.
+    """
 
     scope: object
     replicas: int
     description: str
+    processes: int = 1
+    process_index: int = 0
 
 
 def _tensorflow_distribution(mode):
@@ -47,10 +65,29 @@ def _tensorflow_distribution(mode):
     return Distribution(contextlib.nullcontext(), 1, "one device")
 
 
+def _jax_multi_process():
+    missing = [name for name in JAX_PROCESS_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise InputError(f"--distribute multi-worker with JAX: set {', '.join(missing)} (Keras's "
+                         "variables for keras.distribution.initialize; see README, 'Several machines')")
+    import jax
+
+    # CPU processes exchange gradients through gloo (JAX's default CPU client has no collectives
+    # across processes); GPUs keep NCCL. Set before the backend starts, so before asking for devices.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize()
+    devices = keras.distribution.list_devices()
+    # auto_shard_dataset=False: each process's LesionDataset already yields only its slice.
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
+    processes, index = jax.process_count(), jax.process_index()
+    return Distribution(contextlib.nullcontext(), len(devices),
+                        f"DataParallel over {len(devices)} devices in {processes} processes (this is process {index})",
+                        processes=processes, process_index=index)
+
+
 def _jax_distribution(mode):
-    if mode == "multi-worker":
-        raise InputError("--distribute multi-worker: needs the TensorFlow backend (TF_CONFIG); with JAX, "
-                         "call jax.distributed.initialize() and use --distribute mirrored")
+    if mode == "multi-worker" or (mode == "auto" and os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES")):
+        return _jax_multi_process()
     devices = keras.distribution.list_devices()
     if mode == "off" or len(devices) < 2:
         return Distribution(contextlib.nullcontext(), 1, "one device")
@@ -62,8 +99,9 @@ def choose_distribution(mode="auto"):
     """Sets up data-parallel training for the current backend.
 
     Args:
-        mode: `auto` (several GPUs: mirrored; `TF_CONFIG` set: multi-worker; otherwise one device),
-            `off`, `mirrored` (every visible device, CPUs included) or `multi-worker`.
+        mode: `auto` (several GPUs: mirrored; `TF_CONFIG` or, with JAX,
+            `KERAS_DISTRIBUTION_NUM_PROCESSES` set: multi-worker; otherwise one device), `off`,
+            `mirrored` (every visible device, CPUs included) or `multi-worker`.
 
     Returns:
         A `Distribution`: build, compile and load models inside `with distribution.scope:`.
@@ -89,15 +127,26 @@ def use_one_device():
         keras.distribution.set_distribution(None)
 
 
-def multi_worker_role():
-    """Reads `TF_CONFIG`: returns `(is_chief, task_name)`, or `(True, None)` when it is unset.
+def multi_worker_role(backend=None):
+    """Returns `(is_chief, task_name)` of this process in a multi-worker run, `(True, None)` outside one.
 
-    The chief is the `chief` task, or worker 0 when the cluster has no chief. Every worker trains;
-    only the chief's run folder is the result, the others write to `<out>.<task_name>`.
+    TensorFlow reads `TF_CONFIG`: the chief is the `chief` task, or worker 0 when the cluster has no
+    chief. JAX reads `KERAS_DISTRIBUTION_PROCESS_ID`: the chief is process 0. Every worker trains; only
+    the chief's run folder is the result, the others write to `<out>.<task_name>`.
+
+    Args:
+        backend: `tensorflow` or `jax`; default: the current Keras backend.
 
     Raises:
-        InputError: `TF_CONFIG` is not JSON with a `task` entry.
+        InputError: `TF_CONFIG` is not JSON with a `task` entry, or the process id is not a number.
     """
+    if (backend or keras.backend.backend()) == "jax":
+        text = os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID")
+        if not text or not os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
+            return True, None
+        if not text.strip().isdigit():
+            raise InputError(f"KERAS_DISTRIBUTION_PROCESS_ID={text!r}: expected 0, 1, ... (this process's index)")
+        return int(text) == 0, f"process{int(text)}"
     text = os.environ.get("TF_CONFIG")
     if not text:
         return True, None
@@ -112,22 +161,28 @@ def multi_worker_role():
     return is_chief, f"{task_type}{index}"
 
 
-def accelerator_present():
-    """Returns whether a GPU is visible to the current backend."""
+def accelerators():
+    """Returns the accelerators visible to the current backend, e.g. `["GPU", "GPU"]`; `[]` on a CPU."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return bool(tf.config.list_physical_devices("GPU"))
+        return ["GPU"] * len(tf.config.list_physical_devices("GPU"))
     if backend == "jax":
         import jax
 
-        return any(device.platform != "cpu" for device in jax.devices())
+        return [device.platform.upper() for device in jax.local_devices() if device.platform != "cpu"]
     if backend == "torch":
         import torch
 
-        return torch.cuda.is_available()
-    return False
+        return ["GPU"] * torch.cuda.device_count()
+    return []
+
+
+def describe_devices():
+    """Returns a short text naming the accelerators Keras will use, e.g. `2 GPU(s)`, or `CPU`."""
+    found = accelerators()
+    return f"{len(found)} {found[0]}(s)" if found else "CPU"
 
 
 def set_mixed_precision(enabled):
@@ -140,6 +195,6 @@ def set_mixed_precision(enabled):
     """
     name = "float32"
     if enabled:
-        name = "mixed_float16" if accelerator_present() else "mixed_bfloat16"
+        name = "mixed_float16" if accelerators() else "mixed_bfloat16"
     keras.mixed_precision.set_global_policy(name)
     return name

@@ -138,6 +138,8 @@ class EpochTiming(keras.callbacks.Callback):
         start: `time.perf_counter()` value at which the run started.
     """
 
+    KEYS = ("elapsed_s", "train_s", "val_s", "steps_s", "step_max_s", "stall_s")
+
     def __init__(self, start):
         super().__init__()
         self.start = start
@@ -170,6 +172,13 @@ class EpochTiming(keras.callbacks.Callback):
         logs["steps_s"] = sum(self._steps)
         logs["step_max_s"] = max(self._steps)
         logs["stall_s"] = train_s - logs["steps_s"]
+
+
+class ProgressWithoutTimings(keras.callbacks.ProgbarLogger):
+    """Keras's progress output, without `EpochTiming`'s columns (they go to `history.csv`)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items() if k not in EpochTiming.KEYS})
 
 
 def _truncate_history(path, epochs_done):
@@ -248,34 +257,15 @@ def build_parser():
                              "loss stay float32 (default: off)")
     parser.add_argument("--distribute", choices=distribution.MODES, default="auto",
                         help="data-parallel training: auto uses every GPU when there are several, and "
-                             "MultiWorkerMirroredStrategy when TF_CONFIG is set; mirrored uses every "
-                             "visible device; --batch-size is global, split between replicas "
-                             "(default: %(default)s)")
+                             "several machines when TF_CONFIG (TensorFlow) or KERAS_DISTRIBUTION_NUM_PROCESSES "
+                             "(JAX) is set; mirrored uses every visible device; --batch-size is global, "
+                             "split between replicas (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch, with its saved settings")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder --out")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="Keras output: 0 silent, 1 progress bar, 2 one line per epoch (default: %(default)s)")
     return parser
-
-
-def describe_device():
-    """Returns a short text naming the accelerator Keras will use, or `CPU`."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        return f"{len(gpus)} GPU(s)" if gpus else "CPU"
-    if backend == "jax":
-        import jax
-
-        return ", ".join(sorted({d.platform.upper() for d in jax.devices()}))
-    if backend == "torch":
-        import torch
-
-        return "GPU" if torch.cuda.is_available() else "CPU"
-    return backend
 
 
 def prepare_run_dir(args):
@@ -411,7 +401,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = os.path.join("runs", f"{args.model}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    if args.distribute in ("auto", "multi-worker") and keras.backend.backend() == "tensorflow":
+    if args.distribute in ("auto", "multi-worker") and keras.backend.backend() in ("tensorflow", "jax"):
         is_chief, task_name = distribution.multi_worker_role()
         if not is_chief:  # every worker trains, only the chief's folder is the result
             args.out = f"{args.out}.{task_name}"
@@ -430,8 +420,12 @@ def main(argv=None):
         row = {pair.id: index for index, pair in enumerate(to_load)}
         # JAX shards each batch evenly over the devices: pad the last batch, weighting the padding 0.
         pad = spread.replicas if keras.backend.backend() == "jax" else 1
+        if config["batch_size"] % spread.processes:
+            raise InputError(f"--batch-size {config['batch_size']}: must be a multiple of the "
+                             f"{spread.processes} processes that share each batch")
         loader = dict(image_size=image_size, batch_size=config["batch_size"], seed=config["seed"],
-                      workers=config["workers"], pad_to_multiple=pad)
+                      workers=config["workers"], pad_to_multiple=pad,
+                      shard=(spread.process_index, spread.processes))
 
         def dataset(part, **options):
             rows = [row[pair.id] for pair in part]
@@ -467,7 +461,7 @@ def main(argv=None):
           f"val {len(val_pairs)} / test {len(test_pairs)} at {image_size[0]}x{image_size[1]}"
           f"{' (synthetic demo)' if config['demo'] else ''} | model: {model.name}, "
           f"{model.count_params():,} params | {config['epochs']} epochs, batch {config['batch_size']}, "
-          f"{config['loss']} loss, {policy} | {describe_device()} ({spread.description}), Keras {keras.__version__} "
+          f"{config['loss']} loss, {policy} | {distribution.describe_devices()} ({spread.description}), Keras {keras.__version__} "
           f"({keras.backend.backend()}) | run: {run_dir}"
           + (f" | resuming after epoch {initial_epoch}" if initial_epoch else ""))
 
@@ -478,6 +472,7 @@ def main(argv=None):
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_epoch > 0),
         checkpoint,
         CurvesPlot(run_dir, f"{model.name} on {os.path.basename(os.path.dirname(config['images']))}"),
+        ProgressWithoutTimings(),  # Keras adds its own, timing columns included, when none is given
     ]
     if initial_epoch < config["epochs"]:
         # shuffle=False: LesionDataset already walks a permutation seeded by (seed, epoch); Keras's own
@@ -489,8 +484,8 @@ def main(argv=None):
             if "MultiWorker" not in spread.description or "PerReplica" not in str(error):
                 raise
             print("error: Keras " + keras.__version__ + " cannot fit() under MultiWorkerMirroredStrategy "
-                  "(https://github.com/keras-team/keras/issues/20585); train on one machine (several GPUs "
-                  "work with MirroredStrategy), or unset TF_CONFIG", file=sys.stderr)
+                  "(https://github.com/keras-team/keras/issues/20585); for several machines use the JAX "
+                  "backend (README, 'Several GPUs, several machines'), or unset TF_CONFIG", file=sys.stderr)
             if created:
                 shutil.rmtree(run_dir, ignore_errors=True)
             return 1
@@ -501,6 +496,9 @@ def main(argv=None):
               file=sys.stderr)
         return 1
 
+    if spread.process_index:  # the chief's run folder is the result; it alone tests
+        print(f"process {spread.process_index}: training done; the first process reports the test metrics")
+        return 0
     distribution.use_one_device()  # the test images come one by one, in batches of any size
     best_model = inference.load_model(os.path.join(run_dir, "best.keras"))
     options = dict(tta=config["tta"], postprocess=config["postprocess"])

@@ -51,6 +51,8 @@ def test_train_writes_a_complete_run_folder(trained_run):
         assert 0 < float(row["step_max_s"]) <= steps <= train and train + val <= elapsed
         assert stall == pytest.approx(train - steps, abs=1e-6)
     assert float(history[1]["elapsed_s"]) > float(history[0]["elapsed_s"])
+    epoch_lines = [line for line in result.stdout.splitlines() if "val_dice:" in line]
+    assert len(epoch_lines) == 2 and not any("stall_s" in line for line in epoch_lines)  # console: no timings
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         summary = json.load(handle)
     assert set(REPORT_METRICS) | {"n_images"} <= set(summary) and summary["n_images"] == 2

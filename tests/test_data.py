@@ -197,6 +197,34 @@ def test_padding_for_equal_shards_repeats_samples_with_zero_weight(synthetic_dir
     np.testing.assert_array_equal(padded[0][2], [1, 1, 1, 1])
 
 
+def test_shards_of_a_batch_put_together_are_the_whole_batch(synthetic_dir):
+    pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:11]
+    options = dict(image_size=(16, 16), batch_size=4, augment=True, shuffle=True, seed=2, pad_to_multiple=2,
+                   progress=False)
+    whole = LesionDataset(pairs, **options)
+    shards = [LesionDataset(pairs, shard=(index, 2), arrays=(whole.images, whole.masks), **options)
+              for index in (0, 1)]
+    for _ in range(2):  # two epochs: new order, new augmentation
+        for batch in range(len(whole)):  # the last batch has 3 real samples: padded to 4, 2 per shard
+            parts = [shard[batch] for shard in shards]
+            assert len(parts[0][0]) == len(parts[1][0]) == len(whole[batch][0]) // 2
+            for item in range(3):  # images, masks, weights
+                np.testing.assert_array_equal(np.concatenate([part[item] for part in parts]), whole[batch][item])
+        for dataset in [whole, *shards]:
+            dataset.on_epoch_end()
+    np.testing.assert_array_equal(shards[1][len(whole) - 1][2], [1, 0])
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(batch_size=5, shard=(0, 2)), "multiple of the 2 processes"),
+    (dict(batch_size=4, shard=(2, 2)), "0 <= index < count"),
+])
+def test_bad_shards_are_clear_errors(synthetic_dir, options, message):
+    pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:2]
+    with pytest.raises(ValueError, match=message):
+        LesionDataset(pairs, (16, 16), progress=False, **options)
+
+
 def test_zero_weight_padding_leaves_the_validation_metrics_unchanged(synthetic_dir):
     keras = pytest.importorskip("keras")
     import metrics

@@ -1,7 +1,11 @@
 """Data-parallel training: MirroredStrategy on two logical CPU devices matches one device."""
 
+import csv
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -40,17 +44,63 @@ def test_train_py_runs_mirrored_on_two_cpu_devices(synthetic_dir, tmp_path):
     assert os.path.isfile(tmp_path / "run" / "metrics.json")
 
 
-def test_jax_data_parallel_on_two_cpu_devices(synthetic_dir, tmp_path):
+# 23 pairs: odd split sizes, so the last batches must be padded to shard over 2 devices.
+JAX_RUN = ("--limit", "23", "--epochs", "2", "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "4",
+           "--verbose", "2", "--distribute", "auto")
+
+
+def _history(run_dir):
+    with open(os.path.join(run_dir, "history.csv"), encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def jax_two_device_run(synthetic_dir, tmp_path_factory):
+    """train.py under JAX `DataParallel` over two host devices of one process."""
     pytest.importorskip("jax")
-    # 23 pairs: odd split sizes, so the last batches must be padded to shard over 2 devices.
-    result = run_script("train.py", "--data", synthetic_dir, "--limit", "23", "--out", str(tmp_path / "run"),
-                        "--epochs", "1",
-                        "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "4", "--verbose", "2",
-                        "--distribute", "mirrored",
+    run_dir = str(tmp_path_factory.mktemp("jax") / "run")
+    result = run_script("train.py", "--data", synthetic_dir, "--out", run_dir, *JAX_RUN[:-1], "mirrored",
                         env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert result.returncode == 0, result.stderr[-3000:]
+    return result, run_dir
+
+
+def test_jax_data_parallel_on_two_cpu_devices(jax_two_device_run):
+    result, run_dir = jax_two_device_run
     assert "DataParallel over 2 devices" in result.stdout
-    assert os.path.isfile(tmp_path / "run" / "metrics.json")
+    assert os.path.isfile(os.path.join(run_dir, "metrics.json"))
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def test_jax_two_processes_match_one_process_on_two_devices(synthetic_dir, tmp_path, jax_two_device_run):
+    # Each process feeds half of every batch (augmented as in one process) to its one device.
+    _, reference_dir = jax_two_device_run
+    run_dir = str(tmp_path / "run")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "jax",
+           "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{_free_port()}", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
+    env.pop("XLA_FLAGS", None)
+    command = [sys.executable, "train.py", "--data", synthetic_dir, "--out", run_dir, *JAX_RUN]
+    workers = [subprocess.Popen(command, cwd=ROOT, env={**env, "KERAS_DISTRIBUTION_PROCESS_ID": str(index)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in (0, 1)]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    for worker, (stdout, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-3000:]
+    assert "DataParallel over 2 devices in 2 processes (this is process 0)" in outputs[0][0]
+    assert "process 1: training done" in outputs[1][0]
+    # The first process's folder is the run; the second's only has its own logs and checkpoints.
+    assert os.path.isfile(os.path.join(run_dir, "metrics.json"))
+    assert not os.path.exists(os.path.join(run_dir + ".process1", "metrics.json"))
+    expected, got, other = _history(reference_dir), _history(run_dir), _history(run_dir + ".process1")
+    assert len(got) == len(expected) == 2
+    for want, row, row_other in zip(expected, got, other):
+        for key in ("loss", "dice", "val_loss", "val_dice"):
+            assert float(row[key]) == pytest.approx(float(want[key]), abs=2e-3), (key, row, want)
+            assert float(row_other[key]) == float(row[key]), key  # one model, reported by both
 
 
 @pytest.mark.parametrize("tf_config, expected", [
@@ -67,7 +117,32 @@ def test_multi_worker_role_from_tf_config(monkeypatch, tf_config, expected):
         monkeypatch.delenv("TF_CONFIG", raising=False)
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
-    assert distribution.multi_worker_role() == expected
+    assert distribution.multi_worker_role("tensorflow") == expected
+
+
+@pytest.mark.parametrize("variables, expected", [
+    ({}, (True, None)),
+    ({"KERAS_DISTRIBUTION_PROCESS_ID": "1"}, (True, None)),  # without a process count: not multi-process
+    ({"KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": "0"}, (True, "process0")),
+    ({"KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": "1"}, (False, "process1")),
+])
+def test_multi_worker_role_from_keras_variables(monkeypatch, variables, expected):
+    import distribution
+
+    for name in distribution.JAX_PROCESS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert distribution.multi_worker_role("jax") == expected
+
+
+def test_bad_process_id_is_a_clear_error(monkeypatch):
+    import distribution
+
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "first")
+    with pytest.raises(ValueError, match="KERAS_DISTRIBUTION_PROCESS_ID='first'"):
+        distribution.multi_worker_role("jax")
 
 
 def test_bad_tf_config_is_a_clear_error(monkeypatch):
@@ -75,4 +150,29 @@ def test_bad_tf_config_is_a_clear_error(monkeypatch):
 
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG: expected JSON"):
-        distribution.multi_worker_role()
+        distribution.multi_worker_role("tensorflow")
+
+
+@pytest.mark.parametrize("builder", ["improved", "basic"])
+def test_mixed_precision_on_a_cpu_is_bfloat16_with_a_float32_output(builder):
+    import keras
+
+    import distribution
+    import metrics
+    from model_basic import build_unet
+    from model_improved import build_improved_unet
+
+    try:
+        assert distribution.set_mixed_precision(True) == "mixed_bfloat16"  # the suite runs without a GPU
+        model = (build_improved_unet((16, 16), base_filters=2, depth=2) if builder == "improved"
+                 else build_unet((16, 16), base_filters=2, depth=2))
+        compute_dtypes = {layer.compute_dtype for layer in model.layers if layer.weights}
+        assert "bfloat16" in compute_dtypes
+        assert all(weight.dtype == "float32" for weight in model.weights)
+        assert keras.backend.standardize_dtype(model.outputs[0].dtype) == "float32"
+        prediction = model(keras.ops.ones((1, 16, 16, 3)))
+        loss = metrics.SegmentationLoss("dice_bce")(keras.ops.ones((1, 16, 16, 1)), prediction)
+        assert keras.backend.standardize_dtype(loss.dtype) == "float32"
+    finally:
+        assert distribution.set_mixed_precision(False) == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
