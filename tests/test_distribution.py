@@ -103,6 +103,19 @@ def test_jax_two_processes_match_one_process_on_two_devices(synthetic_dir, tmp_p
             assert float(row_other[key]) == float(row[key]), key  # one model, reported by both
 
 
+def test_jax_multi_worker_without_keras_variables_is_a_clear_error(synthetic_dir, tmp_path):
+    pytest.importorskip("jax")
+    env = {"KERAS_BACKEND": "jax", **{name: "" for name in ("KERAS_DISTRIBUTION_JOB_ADDRESSES",
+                                                            "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                                                            "KERAS_DISTRIBUTION_PROCESS_ID")}}
+    result = run_script("train.py", "--data", synthetic_dir, "--out", str(tmp_path / "run"),
+                        "--distribute", "multi-worker", env=env)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+    assert "set KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES" in errors[0]
+    assert not os.path.exists(tmp_path / "run")
+
+
 @pytest.mark.parametrize("tf_config, expected", [
     (None, (True, None)),
     ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, (True, "worker0")),
