@@ -45,8 +45,9 @@ def test_train_py_runs_mirrored_on_two_cpu_devices(synthetic_dir, tmp_path):
 
 
 # 23 pairs: odd split sizes, so the last batches must be padded to shard over 2 devices.
-JAX_RUN = ("--limit", "23", "--epochs", "2", "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "4",
-           "--verbose", "2", "--distribute", "auto")
+# The basic U-Net: JAX compiles it faster on a CPU than the Improved one; the sharding is the same.
+JAX_RUN = ("--limit", "23", "--epochs", "1", "--model", "basic", "--image-size", "32", "32", "--base-filters", "4",
+           "--batch-size", "4", "--verbose", "2", "--distribute", "auto")
 
 
 def _history(run_dir):
@@ -96,7 +97,7 @@ def test_jax_two_processes_match_one_process_on_two_devices(synthetic_dir, tmp_p
     assert os.path.isfile(os.path.join(run_dir, "metrics.json"))
     assert not os.path.exists(os.path.join(run_dir + ".process1", "metrics.json"))
     expected, got, other = _history(reference_dir), _history(run_dir), _history(run_dir + ".process1")
-    assert len(got) == len(expected) == 2
+    assert len(got) == len(expected) == 1
     for want, row, row_other in zip(expected, got, other):
         for key in ("loss", "dice", "val_loss", "val_dice"):
             assert float(row[key]) == pytest.approx(float(want[key]), abs=2e-3), (key, row, want)
