@@ -461,6 +461,7 @@ class LesionDataset(keras.utils.PyDataset):
             positions = np.array_split(positions, shard_count)[shard_index]
         images, masks = self.images[ids[positions]], self.masks[ids[positions]]
         if self.augment:
+            # One pipeline per call, reseeded per sample: worker threads must not share random state.
             transform = build_augmentation(self.image_size, seed=0)
             out = []
             for position, image, mask in zip(positions, images, masks):
