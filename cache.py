@@ -15,10 +15,13 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 
 import dataGenerator
+import runfolder
+from errors import InputError
 
 CACHE_FORMAT = 1
 _IMAGES, _MASKS, _META = "images.npy", "masks.npy", "meta.json"
@@ -47,7 +50,7 @@ def cache_key(pairs, image_size):
             try:
                 stat = os.stat(path)
             except OSError as error:
-                raise dataGenerator.InputError(f"{path}: cannot read ({error.strerror})") from None
+                raise InputError(f"{path}: cannot read ({error.strerror})") from None
             fields += [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
         digest.update(json.dumps(fields).encode())
     return digest.hexdigest()[:20]
@@ -82,7 +85,7 @@ def _open_entry(folder, count, image_size):
     images = np.load(os.path.join(folder, _IMAGES), mmap_mode="r")
     masks = np.load(os.path.join(folder, _MASKS), mmap_mode="r")
     if images.shape != (count, *image_size, 3) or masks.shape != (count, *image_size):
-        raise ValueError(f"{folder}: cache entry has shapes {images.shape} and {masks.shape}; delete the folder")
+        raise ValueError(f"{folder}: cache entry has shapes {images.shape} and {masks.shape}")
     return images, masks
 
 
@@ -108,12 +111,17 @@ def cached_arrays(pairs, image_size, cache_dir=None, progress=True):
         return (*dataGenerator.load_arrays(pairs, image_size, progress), "off")
     final_dir = entry_dir(pairs, image_size, cache_dir)
     if os.path.isfile(os.path.join(final_dir, _META)):  # written last: the entry is complete
-        return (*_open_entry(final_dir, len(pairs), image_size), "reused")
+        try:
+            return (*_open_entry(final_dir, len(pairs), image_size), "reused")
+        except (OSError, ValueError) as error:  # damaged since (truncated, deleted or replaced files)
+            print(f"note: the cache entry {final_dir} is damaged ({type(error).__name__}); rebuilding it",
+                  file=sys.stderr)
+            shutil.rmtree(final_dir, ignore_errors=True)
 
     try:
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as error:
-        raise dataGenerator.InputError(
+        raise InputError(
             f"{cache_dir}: cannot create the cache folder ({error.strerror}); pass another --cache-dir "
             "or --no-cache") from None
     _remove_abandoned_builds(final_dir)
@@ -132,7 +140,7 @@ def cached_arrays(pairs, image_size, cache_dir=None, progress=True):
         del images, masks
         meta = {"format": CACHE_FORMAT, "image_size": list(image_size), "count": len(pairs),
                 "first_id": pairs[0].id if pairs else None, "last_id": pairs[-1].id if pairs else None}
-        dataGenerator.save_json(meta, os.path.join(build_dir, _META))
+        runfolder.save_json(meta, os.path.join(build_dir, _META))
         try:
             os.replace(build_dir, final_dir)
         except OSError:  # another process finished the same entry first: use theirs

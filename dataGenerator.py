@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+import cliargs
+from cliargs import int_range
 from errors import InputError, run_cli
 
 log = logging.getLogger(__name__)
@@ -86,12 +88,18 @@ def _listed(names):
     return shown + more
 
 
+def is_usable_file(path):
+    """Whether `path` is a regular file (through links) and not hidden: the one rule for what every
+    tool reads from a folder. Folders named like images, dangling links and link loops are not."""
+    return not os.path.basename(path).startswith(".") and os.path.isfile(path)
+
+
 def _scan(folder, accept):
     """Maps id -> path for the files in `folder` that `accept(name)` turns into an id."""
     found, ignored = {}, 0
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        sample_id = accept(name) if not name.startswith(".") and os.path.isfile(path) else None
+        sample_id = accept(name) if is_usable_file(path) else None
         if sample_id is None:
             ignored += 1
         elif sample_id in found:
@@ -184,6 +192,39 @@ def split_pairs(pairs, fractions=DEFAULT_SPLIT, seed=0):
     val = [ids[i] for i in order[n_test : n_test + n_val]]
     train = [ids[i] for i in order[n_test + n_val :]]
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def kfold_split(pairs, folds, fold, val_fraction=DEFAULT_SPLIT[1], seed=0):
+    """Splits pairs into train / val / test ids for fold `fold` of a seeded `folds`-fold partition.
+
+    The ids are permuted with `seed` and cut into `folds` near-equal parts; part `fold` is the test
+    split, so the test splits of folds `0 .. folds-1` cover every pair exactly once. From the rest, the
+    first `val_fraction` of all pairs (in permuted order) is the validation split, the others train.
+
+    Args:
+        pairs: list of `Pair`.
+        folds: number of folds, >= 2.
+        fold: which fold is the test split, `0 <= fold < folds`.
+        val_fraction: size of the validation split, as a share of all pairs.
+        seed: the partition's seed.
+
+    Returns:
+        A dict `{"train": [...], "val": [...], "test": [...]}` of sorted ids.
+
+    Raises:
+        ValueError: `folds` < 2, `fold` out of range, or too few pairs for every split to get one.
+    """
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got fold {fold} of {folds}")
+    ids = sorted(pair.id for pair in pairs)
+    if len(ids) < folds + 2:
+        raise ValueError(f"{len(ids)} pairs are too few for {folds} folds; use at least {folds + 2}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    parts = np.array_split(order, folds)
+    rest = np.concatenate([part for index, part in enumerate(parts) if index != fold])
+    n_val = min(max(1, round(len(ids) * val_fraction)), len(rest) - 1)
+    return {"train": sorted(ids[i] for i in rest[n_val:]), "val": sorted(ids[i] for i in rest[:n_val]),
+            "test": sorted(ids[i] for i in parts[fold])}
 
 
 def select_pairs(pairs, ids, source="the split"):
@@ -336,8 +377,12 @@ def load_arrays(pairs, image_size=DEFAULT_IMAGE_SIZE, progress=True, out=None):
     return images, masks
 
 
-def build_augmentation(image_size, seed):
-    """Returns the training augmentation: flips, 90-degree turns, small affine, colour jitter.
+DEFAULT_ZOOM = (0.9, 1.1)
+COLOR_AUGMENTATIONS = ("light", "strong")
+
+
+def build_augmentation(image_size, seed, zoom=DEFAULT_ZOOM, color="light"):
+    """Returns the training augmentation: flips, 90-degree turns, random affine, colour changes.
 
     Geometric transforms move image and mask together (mask with nearest neighbour). Turns by 90
     degrees are used only for square sizes, since they would swap height and width.
@@ -345,30 +390,42 @@ def build_augmentation(image_size, seed):
     Args:
         image_size: `(height, width)` of the samples.
         seed: the pipeline's seed.
+        zoom: `(low, high)` range of the affine's scale factor; above 1 zooms in, so lesions that
+            fill most of the frame (common on other sources' images) are common in training too.
+        color: `"light"`: brightness/contrast/saturation/hue jitter; `"strong"`: wider jitter plus
+            gamma, blur and dark corners, for cameras and lighting that the training images lack.
 
     Returns:
         An `albumentations.Compose`.
+
+    Raises:
+        ValueError: `zoom` is not an increasing pair of positive numbers, or `color` is unknown.
     """
-    # albumentations otherwise looks for a newer release over the network on import.
+    # albumentations otherwise looks for a newer release over the network on its first import.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    import random
-
     import albumentations as A
-    import cv2
+    import cv2  # albumentations' own dependency (opencv-python-headless); only its border constants
 
+    if len(zoom) != 2 or not 0 < zoom[0] <= zoom[1]:
+        raise ValueError(f"zoom must be (low, high) with 0 < low <= high, got {zoom}")
+    if color not in COLOR_AUGMENTATIONS:
+        raise ValueError(f"color augmentation must be one of {', '.join(COLOR_AUGMENTATIONS)}, got {color!r}")
     geometric = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
     if image_size[0] == image_size[1]:
         geometric.append(A.RandomRotate90(p=0.5))
-    pipeline = A.Compose(
-        geometric
-        + [
-            A.Affine(
-                scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-20, 20),
-                border_mode=cv2.BORDER_REFLECT_101, p=0.5,
-            ),
-            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
-        ],
-    )
+    geometric.append(A.Affine(scale=tuple(zoom), translate_percent=(-0.05, 0.05), rotate=(-20, 20),
+                              border_mode=cv2.BORDER_REFLECT_101, p=0.5))
+    if color == "light":
+        photometric = [A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5)]
+    else:
+        photometric = [
+            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
+            A.RandomGamma(gamma_limit=(70, 150), p=0.5),
+            A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+            # Dark corners, as some dermoscopes' vignetting gives (a weak spot of the shipped model).
+            A.Illumination(mode="corner", intensity_range=(0.05, 0.2), effect_type="darken", p=0.3),
+        ]
+    pipeline = A.Compose(geometric + photometric)
     # One shared stream for all transforms. `Compose(seed=...)` seeds every transform with the same
     # seed, so their draws coincide and they apply all together or not at all (albumentations 2.0).
     pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
@@ -388,6 +445,8 @@ class LesionDataset(keras.utils.PyDataset):
         image_size: `(height, width)` of the batches.
         batch_size: samples per batch.
         augment: apply `build_augmentation` (training only).
+        augmentation: keyword arguments of `build_augmentation` (`zoom`, `color`), or `None` for its
+            defaults.
         shuffle: reshuffle the order every epoch.
         seed: seed of the order and the augmentation.
         arrays: optional `(images, masks)` already loaded by `load_arrays`, to skip decoding.
@@ -410,7 +469,7 @@ class LesionDataset(keras.utils.PyDataset):
 
     def __init__(self, pairs, image_size=DEFAULT_IMAGE_SIZE, batch_size=16, augment=False,
                  shuffle=False, seed=0, arrays=None, progress=True, pad_to_multiple=1, shard=(0, 1),
-                 **kwargs):
+                 augmentation=None, **kwargs):
         super().__init__(**kwargs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -427,6 +486,9 @@ class LesionDataset(keras.utils.PyDataset):
         self.image_size = tuple(image_size)
         self.batch_size = batch_size
         self.augment = augment
+        self.augmentation = dict(augmentation or {})
+        if augment:  # bad options fail here, not in a worker thread
+            build_augmentation(self.image_size, 0, **self.augmentation)
         self.shuffle = shuffle
         self.seed = seed
         self.pad_to_multiple = pad_to_multiple
@@ -462,7 +524,7 @@ class LesionDataset(keras.utils.PyDataset):
         images, masks = self.images[ids[positions]], self.masks[ids[positions]]
         if self.augment:
             # One pipeline per call, reseeded per sample: worker threads must not share random state.
-            transform = build_augmentation(self.image_size, seed=0)
+            transform = build_augmentation(self.image_size, seed=0, **self.augmentation)
             out = []
             for position, image, mask in zip(positions, images, masks):
                 rng = np.random.default_rng([self.seed, self.epoch, index, position])
@@ -482,15 +544,6 @@ class LesionDataset(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         self.set_epoch(self.epoch + 1)
-
-
-def save_json(obj, path):
-    """Writes JSON atomically: a temporary file, then a rename."""
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    with open(tmp_path, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp_path, path)
 
 
 def load_split(path):
@@ -525,13 +578,13 @@ def add_data_arguments(parser, required=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = cliargs.ArgumentParser(
         description="List image/mask pairs, show the split sizes and save a figure of one batch.")
     add_data_arguments(parser)
-    parser.add_argument("--image-size", type=int, nargs=2, default=list(DEFAULT_IMAGE_SIZE),
+    parser.add_argument("--image-size", type=int_range(1, 4096), nargs=2, default=list(DEFAULT_IMAGE_SIZE),
                         metavar=("H", "W"), help="batch image size (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images in the figure (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="split and augmentation seed (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int_range(1, 64), default=8, help="images in the figure (default: %(default)s)")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="split and augmentation seed (default: %(default)s)")
     parser.add_argument("--no-augment", action="store_true", help="show the batch without augmentation")
     parser.add_argument("--figure", default="batch.png", help="where to save the batch figure (default: %(default)s)")
     args = parser.parse_args(argv)

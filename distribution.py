@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 
 import keras
 
@@ -183,6 +184,32 @@ def describe_devices():
     """Returns a short text naming the accelerators Keras will use, e.g. `2 GPU(s)`, or `CPU`."""
     found = accelerators()
     return f"{len(found)} {found[0]}(s)" if found else "CPU"
+
+
+# The GPU build of each backend, within the versions requirements.txt / requirements-test.txt allow.
+GPU_INSTALL = {
+    "tensorflow": 'pip install "tensorflow[and-cuda]>=2.16,<2.22"',
+    "jax": 'pip install "jax[cuda12]>=0.4.30,<0.13"',
+    "torch": "pip install torch  # the Linux wheels on PyPI include CUDA",
+}
+NVIDIA_DRIVER_PATH = "/proc/driver/nvidia"
+
+
+def nvidia_gpu_present():
+    """Whether this machine has an NVIDIA GPU, whatever the backend sees: its driver is loaded
+    (`/proc/driver/nvidia`) or `nvidia-smi` is installed."""
+    return os.path.exists(NVIDIA_DRIVER_PATH) or shutil.which("nvidia-smi") is not None
+
+
+def gpu_fallback_warning():
+    """Returns a one-line warning when the machine has an NVIDIA GPU that the backend does not see
+    (a CPU-only build installed), naming the install line for the GPU build; `None` otherwise."""
+    if accelerators() or not nvidia_gpu_present():
+        return None
+    backend = keras.backend.backend()
+    return (f"warning: this machine has an NVIDIA GPU, but Keras's {backend} backend sees none, so training "
+            f"runs on the CPU (tens of times slower). Install the GPU build: {GPU_INSTALL.get(backend, '')} "
+            "(README, 'On a GPU')")
 
 
 def set_mixed_precision(enabled):

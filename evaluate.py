@@ -17,10 +17,12 @@ import sys
 
 import numpy as np
 
+import cliargs
 import dataGenerator
 import inference
 import metrics
 import plots
+import runfolder
 from errors import InputError, make_output_dir, run_cli
 
 
@@ -37,7 +39,8 @@ def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, th
         progress: show a progress bar.
 
     Returns:
-        A list of dicts: `id` and each of `metrics.REPORT_METRICS`, in the order of `pairs`.
+        A list of dicts: `id`, each of `metrics.REPORT_METRICS` and `lesion_fraction` (the true
+        lesion's share of the image), in the order of `pairs`.
 
     Raises:
         InputError: a file cannot be read, or a mask's size differs from its image's.
@@ -52,7 +55,8 @@ def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, th
                 f"{pair.mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but its image is "
                 f"{probability.shape[1]}x{probability.shape[0]}; masks must match their images")
         prediction = inference.to_mask(probability, threshold, postprocess)
-        rows.append({"id": pair.id, **metrics.score_masks(prediction, truth)})
+        rows.append({"id": pair.id, **metrics.score_masks(prediction, truth),
+                     "lesion_fraction": metrics.lesion_fraction(truth)})
     return rows
 
 
@@ -90,24 +94,30 @@ def write_report(rows, out_dir, settings):
     """
     os.makedirs(out_dir, exist_ok=True)
     summary = {**metrics.summarize(rows), "settings": settings}
-    dataGenerator.save_json(summary, os.path.join(out_dir, "metrics.json"))
+    runfolder.save_json(summary, os.path.join(out_dir, "metrics.json"))
     csv_path = os.path.join(out_dir, "per_image.csv")
-    tmp_path = f"{csv_path}.tmp{os.getpid()}"
-    with open(tmp_path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["id", *metrics.REPORT_METRICS])
+    with runfolder.atomic_write(csv_path) as tmp_path, open(tmp_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", *metrics.REPORT_METRICS, "lesion_fraction"])
         writer.writeheader()
         for row in rows:
             writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value) for key, value in row.items()})
-    os.replace(tmp_path, csv_path)
     return summary
 
 
 def format_table(summary):
-    """Returns the summary as a small text table: mean and median of each metric."""
+    """Returns the summary as a small text table: mean and median of each metric, then the means
+    by lesion size (the true lesion's share of the image) when the summary has them."""
     lines = [f"{'metric':<18}{'mean':>8}{'median':>9}"]
     for name in metrics.REPORT_METRICS:
         lines.append(f"{name:<18}{summary[name]:>8.4f}{summary['median'][name]:>9.4f}")
     lines.append(f"{'images':<18}{summary['n_images']:>8d}")
+    if "by_size" in summary:
+        lines.append("")
+        lines.append(f"{'lesion size':<12}{'images':>7}" + "".join(f"{name:>18}" for name in metrics.BAND_METRICS))
+        for band, values in summary["by_size"].items():
+            cells = "".join(f"{'-':>18}" if values[name] is None else f"{values[name]:>18.4f}"
+                            for name in metrics.BAND_METRICS)
+            lines.append(f"{band:<12}{values['n_images']:>7d}{cells}")
     return "\n".join(lines)
 
 
@@ -128,6 +138,8 @@ def resolve_target(target, data, images, masks, skip_unpaired, split_name="test"
         if not os.path.isfile(target):
             raise InputError(f"{target}: no model given and the pre-trained model is missing; "
                              "pass a .keras file or a run folder")
+    if not os.path.exists(target):
+        raise InputError(f"{target}: no such run folder or model file")
     if os.path.isdir(target):
         model_path = os.path.join(target, "best.keras")
         if not os.path.isfile(model_path):
@@ -156,7 +168,7 @@ def resolve_target(target, data, images, masks, skip_unpaired, split_name="test"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = cliargs.ArgumentParser(
         description="Report per-image Dice, Jaccard, ISIC thresholded Jaccard, sensitivity, "
                     "specificity and accuracy of a saved model.")
     parser.add_argument("target", nargs="?", default=None,
@@ -165,7 +177,8 @@ def build_parser():
     dataGenerator.add_data_arguments(parser)
     parser.add_argument("--out", default=None,
                         help="folder for metrics.json, per_image.csv and cases.png "
-                             "(default: RUN/evaluation for a run folder, ./evaluation otherwise)")
+                             "(default: RUN/evaluation for a run folder, RUN/evaluation_<split> with --split "
+                             "val or train, ./evaluation otherwise)")
     parser.add_argument("--split", choices=("test", "val", "train"), default="test",
                         help="with a run folder: which of its splits to score; tune settings on val, "
                              "report test (default: %(default)s)")
@@ -177,8 +190,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     model_path, pairs, description, default_out = resolve_target(
         args.target, args.data, args.images, args.masks, args.skip_unpaired, args.split)
-    out_dir = make_output_dir(args.out or default_out)
-    model = inference.load_model(model_path)
+    out_dir = args.out or default_out
+    if runfolder.is_run_folder(out_dir):
+        raise InputError(f"--out {out_dir}: a run folder of train.py; its own metrics.json and per_image.csv "
+                         f"would be replaced; choose another --out (default: {default_out})")
+    model = inference.load_model(model_path)  # before the folder is made: a refused model leaves nothing
+    out_dir = make_output_dir(out_dir)
     print(f"Evaluating {model_path} on {description} ({len(pairs)} images, model input "
           f"{'x'.join(map(str, inference.model_image_size(model)))}, tta={'on' if args.tta else 'off'}, "
           f"postprocess={'on' if args.postprocess else 'off'})")

@@ -13,9 +13,9 @@ import keras
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from skimage import measure
 from tqdm.auto import tqdm
 
+from cliargs import float_range, int_range
 from dataGenerator import image_size_of, read_image
 from errors import InputError
 
@@ -31,8 +31,10 @@ def _on_off(value):
 
 def add_inference_arguments(parser):
     """Adds `--batch-size`, `--threshold`, `--tta`, `--postprocess` and `--no-progress`."""
-    parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int_range(1, 4096), default=16,
+                        help="images per model call (default: %(default)s)")
+    parser.add_argument("--threshold", type=float_range(0, 1), default=0.5,
+                        help="probability threshold, 0 to 1 (default: %(default)s)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=DEFAULT_TTA,
                         help=f"average predictions over flips (default: {_on_off(DEFAULT_TTA)})")
     parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=DEFAULT_POSTPROCESS,
@@ -118,7 +120,7 @@ def resize_probability(probability, size):
 
 
 def postprocess_mask(mask):
-    """Keeps the largest connected lesion region and fills its holes.
+    """Keeps the largest connected lesion region (8-connected) and fills its holes.
 
     Args:
         mask: boolean array `(h, w)`.
@@ -126,12 +128,54 @@ def postprocess_mask(mask):
     Returns:
         A boolean array of the same shape (all False if `mask` is).
     """
-    labels = measure.label(mask, connectivity=2)
-    if labels.max() == 0:
+    # int32 labels: half the memory of skimage's int64 on a 10000x8000 image; same components.
+    labels = np.empty(mask.shape, dtype=np.int32)
+    count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool), output=labels)
+    if count == 0:
         return np.zeros_like(mask, dtype=bool)
-    sizes = np.bincount(labels.ravel())
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    for top in range(0, labels.shape[0], _STRIP_ROWS):  # bincount copies its input to int64: in strips
+        sizes += np.bincount(labels[top : top + _STRIP_ROWS].ravel(), minlength=count + 1)
     sizes[0] = 0
-    return ndimage.binary_fill_holes(labels == sizes.argmax())
+    largest = labels == sizes.argmax()
+    del labels
+    return ndimage.binary_fill_holes(largest)
+
+
+# Above this many pixels, a probability map is resized to the image's size strip by strip, so the
+# full-size float map (320 MB for a 10000x8000 photo) never exists at once.
+STRIP_PIXELS = 16_000_000
+_STRIP_ROWS = 512
+
+
+def probability_to_mask(probability, size, threshold=0.5, postprocess=False):
+    """Resizes a model-size probability map to `size` (bilinear), thresholds and post-processes it.
+
+    Equals `to_mask(resize_probability(probability, size), ...)`; for images above `STRIP_PIXELS` the
+    resize runs in strips of rows (PIL's resize of a source box), whose values agree with the whole
+    resize to about 1e-6, and only the boolean mask is held at full size.
+
+    Args:
+        probability: `float32` array `(h, w)` at the model's size.
+        size: `(height, width)` of the image.
+        threshold: probability threshold.
+        postprocess: keep the largest region and fill holes.
+
+    Returns:
+        A boolean mask of shape `size`.
+    """
+    height, width = size
+    if height * width <= STRIP_PIXELS:
+        return to_mask(resize_probability(probability, size), threshold, postprocess)
+    source = Image.fromarray(probability.astype(np.float32), mode="F")
+    source_height, source_width = probability.shape
+    mask = np.empty((height, width), dtype=bool)
+    for top in range(0, height, _STRIP_ROWS):
+        bottom = min(height, top + _STRIP_ROWS)
+        box = (0, top * source_height / height, source_width, bottom * source_height / height)
+        strip = source.resize((width, bottom - top), Image.BILINEAR, box=box)
+        mask[top:bottom] = np.asarray(strip, dtype=np.float32) >= threshold
+    return postprocess_mask(mask) if postprocess else mask
 
 
 def to_mask(probability, threshold=0.5, postprocess=False):
@@ -140,8 +184,9 @@ def to_mask(probability, threshold=0.5, postprocess=False):
     return postprocess_mask(mask) if postprocess else mask
 
 
-def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="Predicting"):
-    """Yields `(path, probability)` for image files, each map at the image's own size.
+def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="Predicting", full_size=True):
+    """Yields `(path, probability)` for image files, each map at the image's own size (or, with
+    `full_size=False`, at the model's size, for `probability_to_mask`).
 
     Only one batch of images is decoded at a time, at the model's size (large JPEGs in draft mode).
 
@@ -163,5 +208,5 @@ def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="P
             images = np.stack([read_image(path, size) for path in chunk]).astype(np.float32) / 255.0
             probabilities = predict_batch(model, images, tta)
             for path, probability in zip(chunk, probabilities):
-                yield path, resize_probability(probability, image_size_of(path))
+                yield path, resize_probability(probability, image_size_of(path)) if full_size else probability
             bar.update(len(chunk))

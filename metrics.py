@@ -19,6 +19,11 @@ SMOOTH = 1.0
 THRESHOLD = 0.5
 ISIC_JACCARD_THRESHOLD = 0.65
 REPORT_METRICS = ("dice", "jaccard", "threshold_jaccard", "sensitivity", "specificity", "accuracy")
+# Bands of the true lesion's share of the image, `(name, lower, upper)`, lower bound included. Data
+# from other sources differ most in lesion size (larger lesions on the official ISIC 2017 test set),
+# so a model's weak band shows where it will fail there.
+SIZE_BANDS = (("<10%", 0.0, 0.10), ("10-30%", 0.10, 0.30), (">30%", 0.30, 1.0))
+BAND_METRICS = ("dice", "jaccard", "threshold_jaccard", "sensitivity")
 
 
 def _flatten(y_true, y_pred):
@@ -144,15 +149,48 @@ def score_masks(prediction, truth):
     }
 
 
+def lesion_fraction(truth):
+    """Returns the share of the image's pixels that the true lesion covers, in [0, 1]."""
+    truth = np.asarray(truth, dtype=bool)
+    return float(np.count_nonzero(truth)) / truth.size if truth.size else 0.0
+
+
+def size_band(fraction):
+    """Returns the name of the `SIZE_BANDS` band that a lesion fraction falls in."""
+    for name, lower, upper in SIZE_BANDS:
+        if lower <= fraction < upper or fraction == upper == 1.0:
+            return name
+    raise ValueError(f"lesion fraction must be in [0, 1], got {fraction}")
+
+
+def summarize_by_size(rows):
+    """Means of `BAND_METRICS` per lesion-size band.
+
+    Args:
+        rows: dicts from `score_masks`, each with a `lesion_fraction` key.
+
+    Returns:
+        `{band: {"n_images": n, "dice": ..., ...}}` for every band of `SIZE_BANDS`, in order; a band
+        without images has `n_images` 0 and `None` for each metric.
+    """
+    bands = {}
+    for name, _, _ in SIZE_BANDS:
+        members = [row for row in rows if size_band(row["lesion_fraction"]) == name]
+        bands[name] = {"n_images": len(members),
+                       **{metric: float(np.mean([row[metric] for row in members])) if members else None
+                          for metric in BAND_METRICS}}
+    return bands
+
+
 def summarize(rows):
     """Averages per-image scores.
 
     Args:
-        rows: list of dicts from `score_masks`.
+        rows: list of dicts from `score_masks`, optionally with `lesion_fraction`.
 
     Returns:
-        A dict: the mean of each metric under its own name, `n_images`, and `median`, a dict of the
-        medians.
+        A dict: the mean of each metric under its own name, `n_images`, `median` (a dict of the
+        medians) and, when every row has `lesion_fraction`, `by_size` (see `summarize_by_size`).
 
     Raises:
         ValueError: `rows` is empty.
@@ -162,4 +200,6 @@ def summarize(rows):
     summary = {name: float(np.mean([row[name] for row in rows])) for name in REPORT_METRICS}
     summary["n_images"] = len(rows)
     summary["median"] = {name: float(np.median([row[name] for row in rows])) for name in REPORT_METRICS}
+    if all("lesion_fraction" in row for row in rows):
+        summary["by_size"] = summarize_by_size(rows)
     return summary

@@ -15,23 +15,46 @@ import sys
 import numpy as np
 from PIL import Image
 
+import cliargs
 import dataGenerator
 import inference
 import plots
 from errors import InputError, make_output_dir, run_cli
+import runfolder
+from runfolder import atomic_write
+
+
+OUTPUT_SUFFIXES = ("_segmentation.png", "_overlay.png")
+
+
+def is_own_output(name):
+    """Whether a file name is one that `predict.py` writes (`<id>_segmentation.png`, `<id>_overlay.png`)."""
+    return name.lower().endswith(OUTPUT_SUFFIXES)
 
 
 def collect_images(inputs):
     """Expands files and folders into a sorted, de-duplicated list of image files.
 
+    In folders, only regular image files count (the rule of `dataGenerator.is_usable_file`), and this
+    tool's own outputs are skipped, so writing masks into an input folder never feeds them back in.
+    Files named explicitly are always taken.
+
     Raises:
-        InputError: an input does not exist, or no image is found.
+        InputError: an input does not exist, no image is found, or two images share an id (their
+            masks would overwrite each other).
     """
-    paths = []
+    paths, skipped = [], 0
     for item in inputs:
         if os.path.isdir(item):
-            found = [os.path.join(item, name) for name in sorted(os.listdir(item))
-                     if dataGenerator.image_id_of(name) is not None and not name.startswith(".")]
+            found = []
+            for name in sorted(os.listdir(item)):
+                path = os.path.join(item, name)
+                if dataGenerator.image_id_of(name) is None or not dataGenerator.is_usable_file(path):
+                    continue
+                if is_own_output(name):
+                    skipped += 1
+                    continue
+                found.append(path)
             if not found:
                 raise InputError(f"{item}: no images in this folder (.jpg, .jpeg, .png, .bmp, .tif)")
             paths.extend(found)
@@ -39,14 +62,31 @@ def collect_images(inputs):
             paths.append(item)
         else:
             raise InputError(f"{item}: no such file or folder")
-    return list(dict.fromkeys(paths))
+    if skipped:
+        print(f"note: skipped {skipped} file(s) named like this tool's own outputs (*_segmentation.png, "
+              "*_overlay.png); name them explicitly to segment them", file=sys.stderr)
+    paths = list(dict.fromkeys(os.path.normpath(path) for path in paths))
+    by_id = {}
+    for path in paths:
+        sample_id = sample_id_of(path)
+        if sample_id in by_id:
+            raise InputError(f"{path} and {by_id[sample_id]}: both would be written as {sample_id}_segmentation.png; "
+                             "rename one, or segment them into separate --out folders")
+        by_id[sample_id] = path
+    return paths
+
+
+def sample_id_of(path):
+    """Returns the id a mask is named after: the image's file name without its extension."""
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def write_mask(mask, path):
     """Writes a boolean mask as a 0/255 single-channel PNG, atomically."""
-    tmp_path = f"{path}.tmp{os.getpid()}.png"
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp_path)
-    os.replace(tmp_path, path)
+    pixels = mask.astype(np.uint8)
+    pixels *= 255  # in place: one full-size copy, not two
+    with atomic_write(path) as tmp_path:
+        Image.fromarray(pixels, mode="L").save(tmp_path, format="PNG")
 
 
 def split_inputs(argv_inputs):
@@ -54,13 +94,17 @@ def split_inputs(argv_inputs):
     first = argv_inputs[0]
     if first.endswith(".keras"):
         return first, argv_inputs[1:]
-    if os.path.isdir(first) and os.path.isfile(os.path.join(first, "best.keras")):
-        return os.path.join(first, "best.keras"), argv_inputs[1:]
+    if runfolder.is_run_folder(first) or os.path.isfile(os.path.join(first, runfolder.BEST)):
+        model_path = os.path.join(first, runfolder.BEST)
+        if not os.path.isfile(model_path):
+            raise InputError(f"{first}: a run folder without best.keras (its training has not finished an "
+                             "epoch); pass another run folder or a .keras file")
+        return model_path, argv_inputs[1:]
     return inference.DEFAULT_MODEL, argv_inputs
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = cliargs.ArgumentParser(
         description="Write <id>_segmentation.png lesion masks (0/255, each image's own size).",
         usage="%(prog)s [MODEL] INPUT [INPUT ...] [--out DIR]")
     parser.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT",
@@ -80,14 +124,16 @@ def main(argv=None):
     model = inference.load_model(model_path)
     paths = collect_images(inputs)
     make_output_dir(args.out)
-    predictions = inference.predict_files(model, paths, args.batch_size, args.tta, not args.no_progress)
+    predictions = inference.predict_files(model, paths, args.batch_size, args.tta, not args.no_progress,
+                                          full_size=False)
     for path, probability in predictions:
-        sample_id = os.path.splitext(os.path.basename(path))[0]
-        mask = inference.to_mask(probability, args.threshold, args.postprocess)
+        sample_id = sample_id_of(path)
+        mask = inference.probability_to_mask(probability, dataGenerator.image_size_of(path), args.threshold,
+                                             args.postprocess)
         write_mask(mask, os.path.join(args.out, f"{sample_id}_segmentation.png"))
         if args.overlay:
             plots.save_overlay(dataGenerator.read_image(path), mask, os.path.join(args.out, f"{sample_id}_overlay.png"))
-    print(f"wrote {len(paths)} mask(s) to {args.out}/ with {model_path}")
+    print(f"wrote {len(paths)} mask(s) to {os.path.normpath(args.out)} with {model_path}")
 
 
 if __name__ == "__main__":

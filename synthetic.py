@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 from skimage import draw, filters
 
+from runfolder import atomic_write
+
 DEFAULT_SHAPE = (192, 256)  # (height, width), the ISIC 2017 copy's aspect ratio
 
 
@@ -114,11 +116,9 @@ def write_dataset(out_dir, num_samples=200, shape=DEFAULT_SHAPE, seed=0):
         if os.path.exists(image_path) and os.path.exists(mask_path):
             continue
         image, mask = make_sample(seed * 1_000_003 + index, shape)
-        # Written under a temporary name, then renamed, so an interrupted run leaves no half file.
         for array, path, fmt in ((mask, mask_path, "PNG"), (image, image_path, "JPEG")):
-            tmp_path = path + ".tmp"
-            Image.fromarray(array).save(tmp_path, format=fmt, quality=95)
-            os.replace(tmp_path, path)
+            with atomic_write(path) as tmp_path:
+                Image.fromarray(array).save(tmp_path, format=fmt, quality=95)
     return out_dir
 
 

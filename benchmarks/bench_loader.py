@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cache  # noqa: E402
 import dataGenerator  # noqa: E402
+import runfolder  # noqa: E402
 import synthetic  # noqa: E402
 
 
@@ -130,7 +131,7 @@ def main(argv=None):
     for key, value in results.items():
         print(f"{key:36s} {value:.2f}" if isinstance(value, float) else f"{key:36s} {value}")
     if args.report:
-        dataGenerator.save_json(results, args.report)
+        runfolder.save_json(results, args.report)
     return 0
 
 

@@ -68,13 +68,18 @@ def test_resume_continues_to_the_planned_epochs(trained_run, tmp_path):
 
     run_dir = str(tmp_path / "resumed")
     shutil.copytree(trained_run[0], run_dir)
-    result = run_script("train.py", "--out", run_dir, "--resume", "--epochs", "3", "--verbose", "2")
+    state_path = os.path.join(run_dir, "state.json")
+    with open(state_path) as handle:
+        state = json.load(handle)
+    with open(state_path, "w") as handle:  # as if the run had been killed after its first epoch
+        json.dump({**state, "epochs_done": 1}, handle)
+    result = run_script("train.py", "--out", run_dir, "--resume", "--epochs", "2", "--verbose", "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming after epoch 2" in result.stdout
+    assert "resuming after epoch 1" in result.stdout
     with open(os.path.join(run_dir, "history.csv")) as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
-    with open(os.path.join(run_dir, "state.json")) as handle:
-        assert json.load(handle)["epochs_done"] == 3
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
+    with open(state_path) as handle:
+        assert json.load(handle)["epochs_done"] == 2
 
 
 def test_evaluate_run_folder_and_model_with_data(trained_run, synthetic_dir, tmp_path):

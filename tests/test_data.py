@@ -21,12 +21,14 @@ def _write_pair(root, sample_id, ext=".jpg", shape=(20, 30), mask_shape=None, va
 
 
 def test_pairs_by_id_not_by_position(tmp_path):
-    for sample_id in ("b", "a", "c"):
+    # "a.jpg" sorts before "a0.jpg", but "a0_segmentation.png" before "a_segmentation.png": pairing
+    # by position in the sorted listings would swap them.
+    for sample_id in ("a0", "a", "b"):
         _write_pair(str(tmp_path), sample_id)
-    # A mask whose name sorts before the others must still go with its own image.
-    os.rename(tmp_path / "masks" / "a_segmentation.png", tmp_path / "masks" / "a_segmentation.png")
+    assert sorted(os.listdir(tmp_path / "images"))[:2] == ["a.jpg", "a0.jpg"]
+    assert sorted(os.listdir(tmp_path / "masks"))[:2] == ["a0_segmentation.png", "a_segmentation.png"]
     pairs = find_pairs(str(tmp_path / "images"), str(tmp_path / "masks"))
-    assert [p.id for p in pairs] == ["a", "b", "c"]
+    assert [p.id for p in pairs] == ["a", "a0", "b"]
     for pair in pairs:
         assert os.path.basename(pair.image_path) == pair.id + ".jpg"
         assert os.path.basename(pair.mask_path) == pair.id + "_segmentation.png"

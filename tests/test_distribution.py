@@ -190,3 +190,44 @@ def test_mixed_precision_on_a_cpu_is_bfloat16_with_a_float32_output(builder):
     finally:
         assert distribution.set_mixed_precision(False) == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.parametrize("driver, smi, backend_sees_gpu, warns", [
+    (True, False, False, True),    # driver loaded, CPU-only TensorFlow installed
+    (False, True, False, True),    # nvidia-smi present
+    (False, False, False, False),  # no GPU at all: nothing to say
+    (True, True, True, False),     # the backend uses the GPU
+])
+def test_gpu_that_the_backend_misses_is_one_warning(driver, smi, backend_sees_gpu, warns, tmp_path, monkeypatch):
+    import distribution
+
+    driver_path = tmp_path / "nvidia"
+    if driver:
+        driver_path.mkdir()
+    monkeypatch.setattr(distribution, "NVIDIA_DRIVER_PATH", str(driver_path))
+    monkeypatch.setattr(distribution.shutil, "which", lambda name: "/usr/bin/nvidia-smi" if smi else None)
+    monkeypatch.setattr(distribution, "accelerators", lambda: ["GPU"] if backend_sees_gpu else [])
+    warning = distribution.gpu_fallback_warning()
+    if not warns:
+        assert warning is None
+    else:
+        assert warning.startswith("warning: this machine has an NVIDIA GPU") and "\n" not in warning
+        assert 'pip install "tensorflow[and-cuda]>=2.16,<2.22"' in warning
+
+
+def test_train_names_its_device_and_prints_the_gpu_warning(tmp_path, synthetic_dir, monkeypatch, capsys):
+    import distribution
+    import train
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distribution, "gpu_fallback_warning", lambda: "warning: fake GPU unseen")
+    monkeypatch.setattr(train.keras.Model, "fit", stop)  # what matters is said before training
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--data", synthetic_dir, "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
+                    "32", "--base-filters", "4", "--verbose", "0"])
+    captured = capsys.readouterr()
+    assert "warning: fake GPU unseen" in captured.err
+    summary = [line for line in captured.out.splitlines() if line.startswith("data:")]
+    assert len(summary) == 1 and "| CPU (one device)" in summary[0]

@@ -109,13 +109,19 @@ def test_paths_with_spaces_and_non_ascii(tmp_path):
     assert pairs[0].id == "lésion 1" and masks.min() == 1
 
 
-def test_large_images_are_decoded_at_reduced_scale(tmp_path):
+def test_large_images_are_decoded_at_reduced_scale(tmp_path, monkeypatch):
     path = tmp_path / "big.jpg"
     Image.fromarray(np.full((4000, 6000, 3), 128, np.uint8)).save(path, quality=70)
-    image = Image.open(path)
-    image.draft("RGB", (256, 192))
-    assert image.size[0] <= 6000 // 8 + 1  # the JPEG decoder itself works at 1/8 scale
+    decoded_sizes = []
+    original = Image.Image.convert
+
+    def recording_convert(self, *args, **kwargs):  # read_image converts the decoded image to RGB
+        decoded_sizes.append(self.size)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", recording_convert)
     assert dataGenerator.read_image(str(path), (128, 128)).shape == (128, 128, 3)
+    assert decoded_sizes and max(decoded_sizes)[0] <= 6000 // 8 + 1  # decoded at 1/8 scale by the JPEG decoder
 
 
 def test_nan_loss_stops_training_and_names_the_batch():

@@ -1,0 +1,189 @@
+"""The run folder that `train.py` writes: its file names, safe writes, the lock and replacement.
+
+A run folder is recognised by its `config.json` or `state.json`; `--overwrite` replaces nothing else.
+Every file is written through `atomic_write` (a temporary name, then a rename), so a killed or failed
+write leaves the previous complete file, and `remove_stale_temp_files` knows every temporary name.
+`RunLock` keeps two `train.py` processes out of one folder; the operating system drops the lock
+when its process dies, so a killed run never leaves it stuck.
+"""
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+
+from errors import InputError
+
+CONFIG = "config.json"
+SPLIT = "split.json"
+STATE = "state.json"
+HISTORY = "history.csv"
+BEST = "best.keras"
+LAST = "last.keras"
+MARKERS = (CONFIG, STATE)  # either one makes a folder a run folder
+
+_TEMP_NAME = re.compile(r"\.tmp\d+")
+
+
+def temporary_path(path):
+    """Returns the temporary name `atomic_write` uses for `path`: `name.tmp<pid>.ext`.
+
+    The extension stays last because some writers pick the format from it (`.keras`, `.png`).
+    """
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.tmp{os.getpid()}{ext}"
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Yields a temporary path to write; renames it to `path` only if the block succeeds.
+
+    On any error (a full disk included) or interrupt the temporary file is removed and `path` keeps
+    its previous content.
+
+    Raises:
+        InputError: the disk is full or the file too large (`ENOSPC`, `EFBIG`, `EDQUOT`), naming `path`.
+    """
+    tmp_path = temporary_path(path)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise InputError(f"{path}: no space left writing this file ({error.strerror}); free some disk "
+                             "space (the previous complete file is intact)") from None
+        raise
+
+
+def save_json(obj, path):
+    """Writes `obj` as indented JSON, atomically."""
+    with atomic_write(path) as tmp_path, open(tmp_path, "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, indent=2)
+        handle.write("\n")
+
+
+def read_json(path, what):
+    """Reads a JSON file of a run folder.
+
+    Args:
+        path: the file.
+        what: what it holds, for the message (e.g. "the run's settings").
+
+    Raises:
+        InputError: the file is missing, unreadable or not valid JSON, naming it.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found ({what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: damaged, cannot read {what} ({error}); restore the file, or start a new "
+                         "run with another --out") from None
+
+
+def remove_stale_temp_files(folder):
+    """Deletes temporary files (`<name>.tmp<pid>...`) that a killed process left half-written."""
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if _TEMP_NAME.search(name) and os.path.isfile(path):
+            os.remove(path)
+
+
+def is_run_folder(path):
+    """Whether `path` is a folder that `train.py` made (it holds `config.json` or `state.json`)."""
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, name)) for name in MARKERS)
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a process trains into it.
+
+    The lock is a hidden file beside the folder (`.<name>.lock`), so it also covers a folder that does
+    not exist yet or is being replaced. It is an `flock`: released by the operating system when the
+    process ends, however it ends.
+
+    Args:
+        run_dir: the run folder.
+
+    Raises:
+        InputError (from `acquire`): another process holds the lock, or the lock cannot be created.
+    """
+
+    def __init__(self, run_dir):
+        run_dir = os.path.abspath(run_dir)
+        self.run_dir = run_dir
+        self.path = os.path.join(os.path.dirname(run_dir), f".{os.path.basename(run_dir)}.lock")
+        self._handle = None
+
+    def acquire(self):
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        except OSError as error:
+            raise InputError(f"{self.run_dir}: cannot write to this folder ({error.strerror}); choose another "
+                             "--out") from None
+        while True:
+            try:
+                handle = open(self.path, "a+", encoding="utf-8")
+            except OSError as error:
+                raise InputError(f"{self.run_dir}: cannot write beside this folder ({error.strerror}); choose "
+                                 "another --out") from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                handle.close()
+                raise InputError(f"{self.run_dir}: another train.py (process {owner}) is training into this "
+                                 "folder; wait for it to finish, or choose another --out") from None
+            # The holder before us may have removed the file after we opened it: then our lock is on
+            # a file nobody else will see, so take the one at the path now.
+            try:
+                same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self):
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            self._handle.close()  # closing drops the lock
+            self._handle = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+def set_aside(run_dir):
+    """Renames a run folder to `<run_dir>.replaced-<date>-<time>` and returns the new name."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = f"{run_dir.rstrip(os.sep)}.replaced-{stamp}"
+    suffix = 0
+    while os.path.exists(aside):
+        suffix += 1
+        aside = f"{run_dir.rstrip(os.sep)}.replaced-{stamp}-{suffix}"
+    os.rename(run_dir, aside)
+    return aside
+
+
+def restore(aside, run_dir):
+    """Undoes `set_aside`: removes what was written to `run_dir` since, and puts the old folder back."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.rename(aside, run_dir)

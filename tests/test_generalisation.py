@@ -1,0 +1,147 @@
+"""The tools for judging generalisation: k-fold splits, metrics by lesion size, the training levers."""
+
+import json
+import os
+import random
+
+import keras
+import numpy as np
+import pytest
+
+import dataGenerator
+import evaluate
+import metrics
+import runfolder
+import train
+from dataGenerator import Pair, kfold_split
+
+TINY = ["--image-size", "32", "32", "--base-filters", "4", "--batch-size", "8", "--verbose", "0"]
+
+
+def _pairs(count):
+    return [Pair(f"id{i:03d}", f"{i}.jpg", f"{i}_segmentation.png") for i in range(count)]
+
+
+def test_kfold_test_splits_partition_the_data():
+    pairs = _pairs(53)
+    splits = [kfold_split(pairs, 5, fold, 0.1, seed=7) for fold in range(5)]
+    tests = [set(split["test"]) for split in splits]
+    assert sorted(len(test) for test in tests) == [10, 10, 11, 11, 11]
+    assert set().union(*tests) == {pair.id for pair in pairs} and sum(map(len, tests)) == 53
+    for split in splits:
+        parts = [set(split[name]) for name in ("train", "val", "test")]
+        assert len(split["val"]) == 5 and set().union(*parts) == {pair.id for pair in pairs}
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert kfold_split(pairs, 5, 2, 0.1, seed=7) == splits[2]
+    assert kfold_split(pairs, 5, 2, 0.1, seed=8) != splits[2]
+
+
+@pytest.mark.parametrize("folds, fold, count", [(1, 0, 20), (5, 5, 20), (5, -1, 20), (5, 0, 6)])
+def test_kfold_refuses_impossible_requests(folds, fold, count):
+    with pytest.raises(ValueError):
+        kfold_split(_pairs(count), folds, fold)
+
+
+def test_lesion_fraction_and_bands_golden():
+    truth = np.zeros((10, 20), bool)
+    truth[:2, :10] = True  # 20 of 200 pixels
+    assert metrics.lesion_fraction(truth) == 0.1
+    assert [metrics.size_band(f) for f in (0.0, 0.0999, 0.1, 0.2999, 0.3, 0.96, 1.0)] == [
+        "<10%", "<10%", "10-30%", "10-30%", ">30%", ">30%", ">30%"]
+    with pytest.raises(ValueError):
+        metrics.size_band(1.5)
+
+
+def test_summary_by_size_golden():
+    rows = [{"dice": d, "jaccard": d / 2, "threshold_jaccard": 0.0, "sensitivity": 1.0, "specificity": 1.0,
+             "accuracy": 1.0, "lesion_fraction": f} for d, f in ((0.2, 0.05), (0.4, 0.5), (0.8, 0.35), (1.0, 0.6))]
+    summary = metrics.summarize(rows)
+    assert summary["by_size"]["<10%"] == {"n_images": 1, "dice": 0.2, "jaccard": 0.1, "threshold_jaccard": 0.0,
+                                          "sensitivity": 1.0}
+    assert summary["by_size"]["10-30%"]["n_images"] == 0 and summary["by_size"]["10-30%"]["dice"] is None
+    assert summary["by_size"][">30%"]["n_images"] == 3
+    assert summary["by_size"][">30%"]["dice"] == pytest.approx((0.4 + 0.8 + 1.0) / 3)
+    table = evaluate.format_table(summary).splitlines()
+    assert table[-4].split()[:2] == ["lesion", "size"]
+    assert table[-3].split() == ["<10%", "1", "0.2000", "0.1000", "0.0000", "1.0000"]
+    assert table[-2].split() == ["10-30%", "0", "-", "-", "-", "-"]
+    assert table[-1].split()[:3] == [">30%", "3", "0.7333"]
+    assert "by_size" not in metrics.summarize([{k: v for k, v in rows[0].items() if k != "lesion_fraction"}])
+
+
+def test_zoom_scales_the_lesion_with_its_image():
+    image = np.zeros((64, 64, 3), np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[24:40, 24:40] = 1  # 256 pixels, centred
+    image[mask == 1] = 200
+    ratios = []
+    for seed in range(24):
+        out = dataGenerator.build_augmentation((64, 64), seed, zoom=(1.5, 1.5))(image=image, mask=mask)
+        ratios.append(out["mask"].sum() / mask.sum())
+        assert np.mean((out["mask"] == 1) != (out["image"][..., 0] > 100)) < 0.03  # still aligned
+    zoomed = [r for r in ratios if abs(r - 1.0) > 0.1]
+    assert zoomed and all(1.9 < r < 2.6 for r in zoomed)  # 1.5 x 1.5 = 2.25 times the area
+    assert len(zoomed) < len(ratios)  # the affine applies half of the time
+
+
+def test_strong_colour_changes_pixels_not_masks():
+    rng = np.random.default_rng(0)
+    image = rng.integers(30, 220, (32, 32, 3), dtype=np.uint8)
+    mask = (rng.random((32, 32)) > 0.5).astype(np.uint8)
+    light = dataGenerator.build_augmentation((32, 32), 1, zoom=(1.0, 1.0), color="light")
+    strong = dataGenerator.build_augmentation((32, 32), 1, zoom=(1.0, 1.0), color="strong")
+    light_change = strong_change = 0.0
+    for seed in range(12):
+        for pipeline, name in ((light, "light"), (strong, "strong")):
+            pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            out = pipeline(image=image, mask=mask)
+            assert out["image"].dtype == np.uint8 and set(np.unique(out["mask"])) <= {0, 1}
+            change = np.abs(out["image"].astype(float) - image).mean()
+            if name == "light":
+                light_change += change
+            else:
+                strong_change += change
+    assert strong_change > light_change > 0
+
+
+@pytest.mark.parametrize("options", [{"zoom": (1.2, 1.1)}, {"zoom": (0, 1)}, {"color": "loud"}])
+def test_bad_augmentation_options_are_refused(options):
+    with pytest.raises(ValueError):
+        dataGenerator.build_augmentation((32, 32), 0, **options)
+
+
+def test_averaged_weights_are_the_optimizers_moving_average(tmp_path):
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid", name="conv")(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.9), loss="binary_crossentropy")
+    rng = np.random.default_rng(0)
+    for _ in range(4):  # not fit(): at its end Keras copies the average into the model
+        model.train_on_batch(rng.random((4, 4, 4, 3)), (rng.random((4, 4, 4, 1)) > 0.5).astype("float32"))
+    averaged = train.averaged_weights(model)
+    moving = {v.path: keras.ops.convert_to_numpy(m) for v, m in
+              zip(model.optimizer._trainable_variables, model.optimizer._model_variables_moving_average)}
+    for variable, value in zip(model.weights, averaged):
+        np.testing.assert_array_equal(value, moving[variable.path])
+    assert any(not np.array_equal(a, w) for a, w in zip(averaged, model.get_weights()))
+    path = str(tmp_path / "ema.keras")
+    train.export_inference_model(model, path, averaged)
+    for saved, value in zip(keras.saving.load_model(path).get_weights(), averaged):
+        np.testing.assert_array_equal(saved, value)
+
+
+def test_train_with_folds_and_every_lever_records_them(tmp_path, synthetic_dir):
+    run = str(tmp_path / "run")
+    assert train.main(["--data", synthetic_dir, "--out", run, "--epochs", "1", "--folds", "4", "--fold", "3",
+                       "--zoom", "0.8", "1.4", "--color-augment", "strong", "--ema", *TINY]) == 0
+    config = runfolder.read_json(os.path.join(run, "config.json"), "settings")
+    assert (config["folds"], config["fold"], config["zoom"], config["color_augment"], config["ema"]) == (
+        4, 3, [0.8, 1.4], "strong", True)
+    pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(synthetic_dir))
+    with open(os.path.join(run, "split.json")) as handle:
+        assert json.load(handle) == kfold_split(pairs, 4, 3, 0.1, seed=0)
+    with open(os.path.join(run, "metrics.json")) as handle:
+        summary = json.load(handle)
+    assert summary["n_images"] == 6 and sum(band["n_images"] for band in summary["by_size"].values()) == 6
+    best = keras.saving.load_model(os.path.join(run, "best.keras")).get_weights()
+    last = keras.saving.load_model(os.path.join(run, "last.keras")).get_weights()
+    assert any(not np.array_equal(b, w) for b, w in zip(best, last))  # best holds the average, last the raw
