@@ -138,21 +138,37 @@ def main(argv=None):
     import inference
     import runfolder
 
-    groups = {}
+    results = {}
     if args.model:
         pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(args.data))
         split = dataGenerator.split_pairs(pairs, seed=args.seed)
-        groups[args.model] = (inference.load_model(args.model), dataGenerator.select_pairs(pairs, split[args.split]))
-    for run in args.runs:
-        config = runfolder.read_json(os.path.join(run, runfolder.CONFIG), "the run's settings")
-        pairs = dataGenerator.find_pairs(config["images"], config["masks"], skip_unpaired=True)
-        split = dataGenerator.load_split(os.path.join(run, runfolder.SPLIT))
-        groups[run] = (inference.load_model(os.path.join(run, runfolder.BEST)),
-                       dataGenerator.select_pairs(pairs, split["test"]))
-    results = {name: score_shifted(model, pairs, args.shifts) for name, (model, pairs) in groups.items()}
+        results[args.model] = score_shifted(inference.load_model(args.model),
+                                            dataGenerator.select_pairs(pairs, split[args.split]), args.shifts)
+    results.update(score_runs(args.runs, args.shifts))
     print(table(results))
     if args.report:
         runfolder.save_json(results, args.report)
+    return 0
+
+
+def score_runs(runs, shifts=SHIFTS, progress=True):
+    """Scores each run's `best.keras` on its own test split under `shifts`.
+
+    Returns:
+        `{run: {shift: rows}}`.
+    """
+    import dataGenerator
+    import inference
+    import runfolder
+
+    results = {}
+    for run in runs:
+        config = runfolder.read_json(os.path.join(run, runfolder.CONFIG), "the run's settings")
+        pairs = dataGenerator.find_pairs(config["images"], config["masks"], skip_unpaired=True)
+        split = dataGenerator.load_split(os.path.join(run, runfolder.SPLIT))
+        results[run] = score_shifted(inference.load_model(os.path.join(run, runfolder.BEST)),
+                                     dataGenerator.select_pairs(pairs, split["test"]), shifts, progress=progress)
+    return results
 
 
 if __name__ == "__main__":
