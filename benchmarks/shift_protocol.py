@@ -64,7 +64,8 @@ def shift_pair(image, mask, shift):
     raise ValueError(f"unknown shift {shift!r}; choose one of {', '.join(SHIFTS)}")
 
 
-def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, progress=True):
+def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, progress=True, threshold=0.5,
+                  tta=False):
     """Scores `model` on `pairs` under each shift.
 
     Returns:
@@ -87,10 +88,10 @@ def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, 
                 shifted = [shift_pair(image, mask, shift) for image, mask in originals]
                 batch = np.stack([np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
                                   for image, _ in shifted]).astype(np.float32) / 255.0
-                probabilities = inference.predict_batch(model, batch)
+                probabilities = inference.predict_batch(model, batch, tta)
                 for pair, (_, truth), probability in zip(chunk, shifted, probabilities):
-                    prediction = inference.to_mask(inference.resize_probability(probability, truth.shape), 0.5,
-                                                   postprocess)
+                    prediction = inference.to_mask(inference.resize_probability(probability, truth.shape),
+                                                   threshold, postprocess)
                     results[shift].append({"id": pair.id, **metrics.score_masks(prediction, truth),
                                            "lesion_fraction": metrics.lesion_fraction(truth)})
                 bar.update(len(chunk))
@@ -129,6 +130,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="with --model: the split's seed (default: %(default)s)")
     parser.add_argument("--shifts", nargs="+", choices=SHIFTS, default=list(SHIFTS),
                         help="conditions to score (default: all)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (default: off)")
     parser.add_argument("--report", default=None, help="also write the per-image rows as JSON here (default: none)")
     args = parser.parse_args(argv)
     if not args.runs and not (args.model and args.data):
@@ -143,7 +146,8 @@ def main(argv=None):
         pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(args.data))
         split = dataGenerator.split_pairs(pairs, seed=args.seed)
         results[args.model] = score_shifted(inference.load_model(args.model),
-                                            dataGenerator.select_pairs(pairs, split[args.split]), args.shifts)
+                                            dataGenerator.select_pairs(pairs, split[args.split]), args.shifts,
+                                            threshold=args.threshold, tta=args.tta)
     results.update(score_runs(args.runs, args.shifts))
     print(table(results))
     if args.report:
