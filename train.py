@@ -518,6 +518,12 @@ def _prepare(args, explicit, spread, setup):
         if config["batch_size"] % spread.processes:
             raise InputError(f"--batch-size {config['batch_size']}: must be a multiple of the "
                              f"{spread.processes} processes that share each batch")
+        if replace and not config["demo"]:
+            out = os.path.realpath(run_dir)
+            for folder in (config["images"], config["masks"]):
+                if os.path.commonpath([out, os.path.realpath(folder)]) == out:
+                    raise InputError(f"{folder}: inside --out {run_dir}, which --overwrite would replace; move "
+                                     "the data out of the run folder, or choose another --out")
         # Every check has passed: only now is anything moved or written.
         if replace:
             setup["aside"] = runfolder.set_aside(run_dir)

@@ -74,6 +74,15 @@ def test_overwrite_never_deletes_a_data_folder_or_a_file(tmp_path, synthetic_dir
     assert _tree(tmp_path) == sorted(before + ["notes.txt"])
 
 
+def test_overwrite_refuses_a_run_folder_that_holds_the_data(tmp_path, synthetic_dir):
+    run = _fake_run(str(tmp_path / "run"))
+    shutil.copytree(synthetic_dir, os.path.join(run, "data"))
+    before = _tree(run)
+    with pytest.raises(InputError, match="inside --out"):
+        train.main(["--data", os.path.join(run, "data"), "--out", run, "--overwrite", *TINY])
+    assert _tree(run) == before and sorted(os.listdir(tmp_path)) == ["run"]
+
+
 def test_overwrite_with_bad_arguments_keeps_the_old_run(tmp_path):
     run = _fake_run(str(tmp_path / "run"))
     before = _tree(run)
