@@ -8,7 +8,6 @@ Run `python dataGenerator.py --data DIR` to list the pairs, see the split sizes 
 one augmented training batch.
 """
 
-import argparse
 import concurrent.futures
 import dataclasses
 import json

@@ -9,13 +9,11 @@ thresholded at 0.5 and scored per image (see `metrics.py` for the metrics and th
 Writes `metrics.json`, `per_image.csv` and `cases.png` (best, median and worst cases) to `--out`.
 """
 
-import argparse
 import csv
 import json
 import os
 import sys
 
-import numpy as np
 
 import cliargs
 import dataGenerator

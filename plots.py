@@ -5,7 +5,6 @@ is needed, and written atomically (a temporary file, then a rename).
 """
 
 import csv
-import os
 
 import numpy as np
 from matplotlib.figure import Figure

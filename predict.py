@@ -8,7 +8,6 @@ own size (the ISIC submission format); with `--overlay`, also `<id>_overlay.png`
 the image.
 """
 
-import argparse
 import os
 import sys
 
@@ -19,10 +18,8 @@ import cliargs
 import dataGenerator
 import inference
 import plots
-from errors import InputError, make_output_dir, run_cli
 import runfolder
-from runfolder import atomic_write
-
+from errors import InputError, make_output_dir, run_cli
 
 OUTPUT_SUFFIXES = ("_segmentation.png", "_overlay.png")
 
@@ -85,7 +82,7 @@ def write_mask(mask, path):
     """Writes a boolean mask as a 0/255 single-channel PNG, atomically."""
     pixels = mask.astype(np.uint8)
     pixels *= 255  # in place: one full-size copy, not two
-    with atomic_write(path) as tmp_path:
+    with runfolder.atomic_write(path) as tmp_path:
         Image.fromarray(pixels, mode="L").save(tmp_path, format="PNG")
 
 

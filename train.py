@@ -12,7 +12,6 @@ A run folder (`--out`) gets `config.json`, `split.json`, `history.csv`, `curves.
 
 import argparse
 import datetime
-import json
 import math
 import os
 import shutil

@@ -9,7 +9,6 @@ image itself costs.
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile

@@ -19,7 +19,6 @@ table gives mean Dice overall and in each lesion-size band, the band taken from 
 """
 
 import argparse
-import json
 import os
 import sys
 
