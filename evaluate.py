@@ -3,6 +3,7 @@
     python evaluate.py runs/my_run                 # that run's test split
     python evaluate.py runs/my_run/best.keras --data DIR   # every pair in DIR
     python evaluate.py --data DIR                  # the pre-trained model on every pair in DIR
+    python evaluate.py --predictions masks/ --data DIR     # masks already predicted (any tool)
 
 Predictions are made at the model's input size, resized back (bilinear) to each mask's size,
 thresholded at 0.5 and scored per image (see `metrics.py` for the metrics and the empty-mask rule).
@@ -43,19 +44,54 @@ def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, th
     Raises:
         InputError: a file cannot be read, or a mask's size differs from its image's.
     """
-    rows = []
     predictions = inference.predict_files(model, [p.image_path for p in pairs], batch_size, tta,
                                           progress, desc="Evaluating")
-    for pair, (_, probability) in zip(pairs, predictions):
-        truth = dataGenerator.read_mask(pair.mask_path)
-        if truth.shape != probability.shape:
-            raise InputError(
-                f"{pair.mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but its image is "
-                f"{probability.shape[1]}x{probability.shape[0]}; masks must match their images")
-        prediction = inference.to_mask(probability, threshold, postprocess)
-        rows.append({"id": pair.id, **metrics.score_masks(prediction, truth),
-                     "lesion_fraction": metrics.lesion_fraction(truth)})
-    return rows
+    return [score_prediction(pair, inference.to_mask(probability, threshold, postprocess), "its image")
+            for pair, (_, probability) in zip(pairs, predictions)]
+
+
+def score_prediction(pair, prediction, source):
+    """Scores one predicted mask against the pair's ground truth: one row of `evaluate_pairs`.
+
+    Args:
+        pair: a `dataGenerator.Pair`.
+        prediction: boolean mask at the image's own size.
+        source: what the prediction's size comes from, for the error message.
+
+    Raises:
+        InputError: the sizes differ.
+    """
+    truth = dataGenerator.read_mask(pair.mask_path)
+    if truth.shape != prediction.shape:
+        raise InputError(
+            f"{pair.mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but {source} is "
+            f"{prediction.shape[1]}x{prediction.shape[0]}; masks must match their images")
+    return {"id": pair.id, **metrics.score_masks(prediction, truth), "lesion_fraction": metrics.lesion_fraction(truth)}
+
+
+def score_mask_folder(predictions_dir, pairs):
+    """Scores a folder of predicted masks, `<id>_segmentation.png` as `predict.py` writes them (any
+    tool's 0/255 masks at the images' size will do), against the pairs' ground truth.
+
+    Args:
+        predictions_dir: the folder of predicted masks.
+        pairs: list of `dataGenerator.Pair`, the ground truth.
+
+    Returns:
+        Rows as `evaluate_pairs` gives them.
+
+    Raises:
+        InputError: the folder is missing, or lacks a mask for some pair.
+    """
+    if not os.path.isdir(predictions_dir):
+        raise InputError(f"{predictions_dir}: predictions folder not found")
+    paths = [os.path.join(predictions_dir, pair.id + dataGenerator.MASK_SUFFIX) for pair in pairs]
+    missing = [pair.id for pair, path in zip(pairs, paths) if not os.path.isfile(path)]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise InputError(f"{predictions_dir}: no predicted mask for {len(missing)} of {len(pairs)} image(s) "
+                         f"(expected <id>{dataGenerator.MASK_SUFFIX}): {shown}")
+    return [score_prediction(pair, dataGenerator.read_mask(path).astype(bool), path) for pair, path in zip(pairs, paths)]
 
 
 BEST_MEDIAN_WORST = (("best", 1.0), ("median", 0.5), ("worst", 0.0))
@@ -180,12 +216,36 @@ def build_parser():
     parser.add_argument("--split", choices=("test", "val", "train"), default="test",
                         help="with a run folder: which of its splits to score; tune settings on val, "
                              "report test (default: %(default)s)")
+    parser.add_argument("--predictions", default=None,
+                        help="score a folder of predicted masks (<id>_segmentation.png, e.g. from predict.py) "
+                             "against --data instead of running a model; writes metrics.json and "
+                             "per_image.csv (default: off)")
     inference.add_inference_arguments(parser)
     return parser
 
 
+def evaluate_predictions(args):
+    """`--predictions`: scores a folder of masks against the data folders; no model runs."""
+    if args.target is not None:
+        raise InputError(f"{args.target}: --predictions scores masks, not a model; drop the model argument")
+    if args.data is None and args.images is None and args.masks is None:
+        raise InputError("--predictions needs the ground truth: --data DIR (or --images DIR --masks DIR)")
+    folders = dataGenerator.resolve_folders(args.data, args.images, args.masks)
+    pairs = dataGenerator.find_pairs(*folders, args.skip_unpaired)
+    out_dir = args.out or "evaluation"
+    if runfolder.is_run_folder(out_dir):
+        raise InputError(f"--out {out_dir}: a run folder of train.py; choose another --out")
+    rows = score_mask_folder(args.predictions, pairs)
+    summary = write_report(rows, make_output_dir(out_dir),
+                           {"predictions": os.path.abspath(args.predictions), "images": f"every pair in {folders[0]}"})
+    print(format_table(summary))
+    print(f"wrote {os.path.join(out_dir, 'metrics.json')} and per_image.csv")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.predictions is not None:
+        return evaluate_predictions(args)
     model_path, pairs, description, default_out = resolve_target(
         args.target, args.data, args.images, args.masks, args.skip_unpaired, args.split)
     out_dir = args.out or default_out

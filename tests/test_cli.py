@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_script
+from errors import InputError
 from metrics import REPORT_METRICS
 
 TINY = ["--image-size", "32", "32", "--base-filters", "4", "--batch-size", "8", "--verbose", "2"]
@@ -155,3 +156,23 @@ def test_orphans_stop_training_before_anything_is_written(tmp_path, synthetic_di
     line = _one_error_line(run_script("train.py", "--data", str(data), "--out", str(tmp_path / "run"), *TINY))
     assert "synthetic_0003" in line and "--skip-unpaired" in line
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_scoring_predict_py_masks_equals_scoring_the_model(trained_run, synthetic_dir, tmp_path):
+    import evaluate
+    import predict
+
+    run_dir, _ = trained_run
+    model = os.path.join(run_dir, "best.keras")
+    masks = str(tmp_path / "masks")
+    predict.main([model, os.path.join(synthetic_dir, "images"), "--out", masks, "--no-progress"])
+    evaluate.main(["--predictions", masks, "--data", synthetic_dir, "--out", str(tmp_path / "from_masks")])
+    evaluate.main([model, "--data", synthetic_dir, "--out", str(tmp_path / "from_model"), "--no-progress"])
+    rows = {}
+    for name in ("from_masks", "from_model"):
+        with open(tmp_path / name / "per_image.csv") as handle:
+            rows[name] = list(csv.DictReader(handle))
+    assert len(rows["from_masks"]) == 24 and rows["from_masks"] == rows["from_model"]
+    os.remove(os.path.join(masks, "synthetic_0005_segmentation.png"))
+    with pytest.raises(InputError, match="no predicted mask for 1 of 24 image.*synthetic_0005"):
+        evaluate.main(["--predictions", masks, "--data", synthetic_dir, "--out", str(tmp_path / "again")])
