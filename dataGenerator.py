@@ -81,7 +81,8 @@ def resolve_folders(data=None, images=None, masks=None):
     return images, masks
 
 
-def _listed(names):
+def listed(names):
+    """Returns up to ten of `names`, sorted and comma-separated, with a count of the rest."""
     shown = ", ".join(sorted(names)[:_MAX_LISTED])
     more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
     return shown + more
@@ -151,9 +152,9 @@ def find_pairs(images_dir, masks_dir, skip_unpaired=False):
     no_image = sorted(set(masks) - set(images))
     problems = []
     if no_mask:
-        problems.append(f"{len(no_mask)} image(s) in {images_dir} without a mask: {_listed(no_mask)}")
+        problems.append(f"{len(no_mask)} image(s) in {images_dir} without a mask: {listed(no_mask)}")
     if no_image:
-        problems.append(f"{len(no_image)} mask(s) in {masks_dir} without an image: {_listed(no_image)}")
+        problems.append(f"{len(no_image)} mask(s) in {masks_dir} without an image: {listed(no_image)}")
     if problems and not skip_unpaired:
         raise InputError("; ".join(problems) + "; add the missing files or pass --skip-unpaired")
     for problem in problems:
@@ -236,7 +237,7 @@ def select_pairs(pairs, ids, source="the split"):
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise InputError(
-            f"{source} names {len(missing)} id(s) missing from the data: {_listed(missing)}; "
+            f"{source} names {len(missing)} id(s) missing from the data: {listed(missing)}; "
             "point --data at the folder the run was trained on"
         )
     return [by_id[i] for i in ids]

@@ -88,9 +88,8 @@ def score_mask_folder(predictions_dir, pairs):
     paths = [os.path.join(predictions_dir, pair.id + dataGenerator.MASK_SUFFIX) for pair in pairs]
     missing = [pair.id for pair, path in zip(pairs, paths) if not os.path.isfile(path)]
     if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise InputError(f"{predictions_dir}: no predicted mask for {len(missing)} of {len(pairs)} image(s) "
-                         f"(expected <id>{dataGenerator.MASK_SUFFIX}): {shown}")
+                         f"(expected <id>{dataGenerator.MASK_SUFFIX}): {dataGenerator.listed(missing)}")
     return [score_prediction(pair, dataGenerator.read_mask(path).astype(bool), path) for pair, path in zip(pairs, paths)]
 
 

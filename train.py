@@ -29,8 +29,8 @@ import inference
 import metrics
 import plots
 import synthetic
-import runfolder
 import cliargs
+import runfolder
 from cliargs import explicit_flags, float_range, int_range
 from errors import InputError, make_output_dir, run_cli
 from model_basic import build_unet
@@ -49,10 +49,10 @@ def _atomic_save_model(model, path):
 
 def averaged_weights(model):
     """Returns `model`'s weights with each trainable one replaced by the optimizer's moving average
-    (`use_ema=True`), in `model.get_weights()` order; the plain weights when there is no average."""
+    (`use_ema=True`), in `model.get_weights()` order; `None` when the optimizer keeps no average."""
     optimizer = getattr(model, "optimizer", None)
     if not getattr(optimizer, "use_ema", False) or not hasattr(optimizer, "_model_variables_moving_average"):
-        return model.get_weights()
+        return None
     average = {variable.path: mean for variable, mean in
                zip(optimizer._trainable_variables, optimizer._model_variables_moving_average)}
     return [keras.ops.convert_to_numpy(average.get(variable.path, variable)) for variable in model.weights]
@@ -90,6 +90,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         best: best validation Dice so far (when resuming).
         best_epoch: its epoch number (1-based), or 0.
         on_first_save: called once, after the first `state.json` of this process is written.
+
+    Attributes:
+        saved: whether this process has written a checkpoint yet.
+        diverged: whether an epoch ended with a non-finite loss or weight.
     """
 
     def __init__(self, run_dir, best=-math.inf, best_epoch=0, on_first_save=None):
@@ -98,14 +102,16 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.best = best
         self.best_epoch = best_epoch
         self.on_first_save = on_first_save
+        self.saved = False
         self.diverged = False
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         loss = logs.get("loss")
-        best_weights = averaged_weights(self.model)
-        if (loss is not None and not math.isfinite(loss)) or not _all_finite(self.model.get_weights()) \
-                or not _all_finite(best_weights):
+        weights = self.model.get_weights()
+        best_weights = averaged_weights(self.model) or weights
+        if (loss is not None and not math.isfinite(loss)) or not _all_finite(weights) \
+                or (best_weights is not weights and not _all_finite(best_weights)):
             self.diverged = True
             return  # keep best.keras and last.keras at the last sound epoch
         value = logs.get("val_dice")
@@ -115,9 +121,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         _atomic_save_model(self.model, os.path.join(self.run_dir, runfolder.LAST))
         runfolder.save_json({"epochs_done": epoch + 1, "best_val_dice": self.best, "best_epoch": self.best_epoch},
                             os.path.join(self.run_dir, runfolder.STATE))
-        if self.on_first_save is not None:
+        if not self.saved and self.on_first_save is not None:
             self.on_first_save()
-            self.on_first_save = None
+        self.saved = True
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -669,8 +675,8 @@ def train(args, explicit=frozenset(), started=None):
             model.fit(train_data, validation_data=val_data, epochs=config["epochs"], initial_epoch=initial_epoch,
                       callbacks=callbacks, verbose=args.verbose, shuffle=False)
         except BaseException as error:
-            if aside and checkpoint.on_first_save is not None:  # no checkpoint yet: the old run comes back
-                _undo(run_dir, {**setup, "created": True})
+            if aside and not checkpoint.saved:  # no checkpoint yet: the old run comes back
+                _undo(run_dir, setup)
             if not (isinstance(error, ValueError) and "MultiWorker" in spread.description
                     and "PerReplica" in str(error)):
                 raise
@@ -688,8 +694,8 @@ def train(args, explicit=frozenset(), started=None):
         best_path = os.path.join(run_dir, runfolder.BEST)
         kept = (f"the best checkpoint so far, from epoch {checkpoint.best_epoch}, is intact in {best_path}"
                 if os.path.isfile(best_path) else "no checkpoint was saved")
-        if aside and checkpoint.on_first_save is not None:
-            _undo(run_dir, {**setup, "created": True})
+        if aside and not checkpoint.saved:
+            _undo(run_dir, setup)
             kept = f"nothing was saved, and the earlier run in {run_dir} was kept"
         print(f"error: training stopped: the model diverged{where}; try a lower --learning-rate. {kept}",
               file=sys.stderr)
