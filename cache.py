@@ -27,12 +27,6 @@ CACHE_FORMAT = 1
 _IMAGES, _MASKS, _META = "images.npy", "masks.npy", "meta.json"
 
 
-def default_cache_dir():
-    """Returns `$XDG_CACHE_HOME/lesion-unet`, or `~/.cache/lesion-unet`."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "lesion-unet")
-
-
 def cache_key(pairs, image_size):
     """Returns a hex digest naming the cache entry of `pairs` at `image_size`.
 

@@ -1,4 +1,5 @@
-"""Argument types that check a flag's range when it is parsed, so a bad value stops at once.
+"""The command-line side shared by the scripts: argument types that check a flag's range when it is
+parsed, so a bad value stops at once, and the flag groups several scripts take. Imports no Keras.
 
 `ArgumentParser` turns the `ArgumentTypeError` into one line,
 `error: argument --epochs: must be an integer >= 1, got 0 (see train.py --help)`, and exit status 2,
@@ -7,6 +8,8 @@ before anything is loaded or written.
 
 import argparse
 import math
+
+import settings
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -67,3 +70,36 @@ def explicit_flags(parser, argv):
     blank = argparse.Namespace(**{action.dest: _UNSET for action in parser._actions if action.dest != "help"})
     parsed, _ = parser.parse_known_args(argv, namespace=blank)
     return {dest for dest, value in vars(parsed).items() if value is not _UNSET}
+
+
+def _on_off(value):
+    return "on" if value else "off"
+
+
+def add_data_arguments(parser, required=False):
+    """Adds `--data`, `--images`, `--masks` and `--skip-unpaired` to an argparse parser."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default=None,
+                       help="folder holding images/ and masks/ (ISIC naming: <id>.jpg with "
+                            "<id>_segmentation.png)" + ("" if required else "; default: %(default)s"))
+    group.add_argument("--images", default=None,
+                       help="images folder, e.g. ISIC2018_Task1-2_Training_Input (with --masks)")
+    group.add_argument("--masks", default=None,
+                       help="masks folder, e.g. ISIC2018_Task1_Training_GroundTruth (with --images)")
+    group.add_argument("--skip-unpaired", action="store_true",
+                       help="skip images without masks and masks without images, with a warning, "
+                            "instead of stopping (default: stop)")
+
+
+def add_inference_arguments(parser):
+    """Adds `--batch-size`, `--threshold`, `--tta`, `--postprocess` and `--no-progress`."""
+    parser.add_argument("--batch-size", type=int_range(1, 4096), default=16,
+                        help="images per model call (default: %(default)s)")
+    parser.add_argument("--threshold", type=float_range(0, 1), default=settings.DEFAULT_THRESHOLD,
+                        help="probability threshold, 0 to 1 (default: %(default)s)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=settings.DEFAULT_TTA,
+                        help=f"average predictions over flips (default: {_on_off(settings.DEFAULT_TTA)})")
+    parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=settings.DEFAULT_POSTPROCESS,
+                        help="keep the largest lesion region and fill its holes "
+                             f"(default: {_on_off(settings.DEFAULT_POSTPROCESS)})")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

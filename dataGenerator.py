@@ -10,12 +10,15 @@ one augmented training batch.
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import random
+import struct
 import sys
+import threading
 
 import keras
 import numpy as np
@@ -25,17 +28,16 @@ from tqdm.auto import tqdm
 import cliargs
 from cliargs import int_range
 from errors import InputError, run_cli
+from settings import (COLOR_AUGMENTATIONS, DEFAULT_IMAGE_SIZE, DEFAULT_SPLIT, DEFAULT_ZOOM, MASK_SUFFIX,
+                      image_id_of, is_usable_file)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lesion_unet.data")  # notes for the user; errors.run_cli shows them
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-MASK_SUFFIX = "_segmentation.png"
-DEFAULT_IMAGE_SIZE = (128, 128)
-DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 _MAX_LISTED = 10
-# PIL raises many exception types on malformed files (OSError, SyntaxError, struct.error,
-# DecompressionBombError, ...); every one of them means "this file cannot be used".
-_DECODE_ERRORS = (Exception,)
+# What Pillow raises on a malformed file: OSError (truncated data, UnidentifiedImageError), SyntaxError
+# and struct.error (broken headers), ValueError (impossible sizes or modes), EOFError, and
+# DecompressionBombError (a size meant to exhaust memory). Anything else is a bug, and stays one.
+_DECODE_ERRORS = (OSError, SyntaxError, struct.error, ValueError, EOFError, Image.DecompressionBombError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +90,6 @@ def listed(names):
     return shown + more
 
 
-def is_usable_file(path):
-    """Whether `path` is a regular file (through links) and not hidden: the one rule for what every
-    tool reads from a folder. Folders named like images, dangling links and link loops are not."""
-    return not os.path.basename(path).startswith(".") and os.path.isfile(path)
-
-
 def _scan(folder, accept):
     """Maps id -> path for the files in `folder` that `accept(name)` turns into an id."""
     found, ignored = {}, 0
@@ -112,12 +108,6 @@ def _scan(folder, accept):
         log.info("note: ignored %d file(s) in %s that are not %s", ignored, folder,
                  "images" if accept is image_id_of else f"*{MASK_SUFFIX} masks")
     return found
-
-
-def image_id_of(name):
-    """Returns the id of an image file name (`ISIC_001.JPG` -> `ISIC_001`), or `None` if not an image."""
-    stem, ext = os.path.splitext(name)
-    return stem if ext.lower() in IMAGE_EXTENSIONS else None
 
 
 def _mask_id(name):
@@ -244,7 +234,8 @@ def select_pairs(pairs, ids, source="the split"):
 
 
 def _open(path, kind):
-    """Opens and fully decodes an image file, or raises InputError naming it."""
+    """Opens an image file (Pillow reads its header; pixels are decoded on use), or raises InputError
+    naming it."""
     try:
         return Image.open(path)
     except FileNotFoundError:
@@ -377,8 +368,13 @@ def load_arrays(pairs, image_size=DEFAULT_IMAGE_SIZE, progress=True, out=None):
     return images, masks
 
 
-DEFAULT_ZOOM = (0.9, 1.1)
-COLOR_AUGMENTATIONS = ("light", "strong")
+@functools.cache
+def _albumentations():
+    # albumentations otherwise looks for a newer release over the network on its first import.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations
+
+    return albumentations
 
 
 def build_augmentation(image_size, seed, zoom=DEFAULT_ZOOM, color="light"):
@@ -401,10 +397,8 @@ def build_augmentation(image_size, seed, zoom=DEFAULT_ZOOM, color="light"):
     Raises:
         ValueError: `zoom` is not an increasing pair of positive numbers, or `color` is unknown.
     """
-    # albumentations otherwise looks for a newer release over the network on its first import.
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    import albumentations as A
-    import cv2  # albumentations' own dependency (opencv-python-headless); only its border constants
+    A = _albumentations()
+    import cv2  # opencv-python-headless, albumentations' image backend: its border constants
 
     if len(zoom) != 2 or not 0 < zoom[0] <= zoom[1]:
         raise ValueError(f"zoom must be (low, high) with 0 < low <= high, got {zoom}")
@@ -451,37 +445,21 @@ class LesionDataset(keras.utils.PyDataset):
         seed: seed of the order and the augmentation.
         arrays: optional `(images, masks)` already loaded by `load_arrays`, to skip decoding.
         progress: show a progress bar while decoding.
-        pad_to_multiple: when above 1, a last batch whose size is not a multiple of it is padded with
-            repeats of its first samples, and every batch comes with per-image sample weights, 0 for
-            the padding; for data-parallel backends that need equal shards (JAX `DataParallel`).
-        shard: `(index, count)`: yield only the `index`-th of `count` equal, contiguous slices of every
-            batch, for one process of a multi-process run whose `batch_size` is global. `batch_size`
-            must be a multiple of `count`, and a last batch is padded (as above) to a multiple of it.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `keras.utils.PyDataset`.
 
     Returns batches of `float32` images in [0, 1], shape `(b, h, w, 3)`, and `float32` masks in
-    {0, 1}, shape `(b, h, w, 1)` (and `float32` weights, shape `(b,)`, with `pad_to_multiple` or
-    `shard`).
+    {0, 1}, shape `(b, h, w, 1)`. (`distribution.ShardedBatches` pads and shares them between devices
+    and processes.)
 
     Raises:
-        ValueError: `batch_size` < 1, or not a multiple of the shard count.
+        ValueError: `batch_size` < 1.
     """
 
     def __init__(self, pairs, image_size=DEFAULT_IMAGE_SIZE, batch_size=16, augment=False,
-                 shuffle=False, seed=0, arrays=None, progress=True, pad_to_multiple=1, shard=(0, 1),
-                 augmentation=None, **kwargs):
+                 shuffle=False, seed=0, arrays=None, progress=True, augmentation=None, **kwargs):
         super().__init__(**kwargs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        shard_index, shard_count = shard
-        if not 0 <= shard_index < shard_count:
-            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
-        if batch_size % shard_count:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of the {shard_count} processes "
-                             "that share each batch")
-        self.shard = (shard_index, shard_count)
-        # Every process must get as many samples as the others, padding included.
-        pad_to_multiple = math.lcm(pad_to_multiple, shard_count)
         self.pairs = list(pairs)
         self.image_size = tuple(image_size)
         self.batch_size = batch_size
@@ -489,9 +467,9 @@ class LesionDataset(keras.utils.PyDataset):
         self.augmentation = dict(augmentation or {})
         if augment:  # bad options fail here, not in a worker thread
             build_augmentation(self.image_size, 0, **self.augmentation)
+        self._per_thread = threading.local()  # one pipeline per worker thread, built on first use
         self.shuffle = shuffle
         self.seed = seed
-        self.pad_to_multiple = pad_to_multiple
         self.images, self.masks = arrays if arrays is not None else load_arrays(
             self.pairs, self.image_size, progress)
         self.epoch = 0
@@ -513,29 +491,25 @@ class LesionDataset(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for {len(self)} batches")
         ids = self.batch_ids(index)
-        real = len(ids)
-        if self.pad_to_multiple > 1 and real % self.pad_to_multiple:
-            ids = np.resize(ids, real + self.pad_to_multiple - real % self.pad_to_multiple)  # repeats
-        weights = (np.arange(len(ids)) < real).astype(np.float32)
-        positions = np.arange(len(ids))
-        shard_index, shard_count = self.shard
-        if shard_count > 1:
-            positions = np.array_split(positions, shard_count)[shard_index]
-        images, masks = self.images[ids[positions]], self.masks[ids[positions]]
+        images, masks = self.images[ids], self.masks[ids]
         if self.augment:
-            # One pipeline per call, reseeded per sample: worker threads must not share random state.
-            transform = build_augmentation(self.image_size, seed=0, **self.augmentation)
+            # Reseeded per sample, so a sample's augmentation depends on (seed, epoch, batch, position)
+            # and not on which thread makes it; threads never share a pipeline's random state.
+            transform = self._transform()
             out = []
-            for position, image, mask in zip(positions, images, masks):
+            for position, (image, mask) in enumerate(zip(images, masks)):
                 rng = np.random.default_rng([self.seed, self.epoch, index, position])
                 transform.set_random_state(rng, random.Random(int(rng.integers(2**31))))
                 out.append(transform(image=image, mask=mask))
             images = np.stack([o["image"] for o in out])
             masks = np.stack([o["mask"] for o in out])
-        batch = images.astype(np.float32) / 255.0, masks[..., None].astype(np.float32)
-        if self.pad_to_multiple > 1:
-            return (*batch, weights[positions])
-        return batch
+        return images.astype(np.float32) / 255.0, masks[..., None].astype(np.float32)
+
+    def _transform(self):
+        transform = getattr(self._per_thread, "transform", None)
+        if transform is None:
+            transform = self._per_thread.transform = build_augmentation(self.image_size, 0, **self.augmentation)
+        return transform
 
     def set_epoch(self, epoch):
         """Moves to epoch `epoch` (its order and augmentation), e.g. when resuming a run."""
@@ -562,51 +536,47 @@ def load_split(path):
     return split
 
 
-def add_data_arguments(parser, required=False):
-    """Adds `--data`, `--images`, `--masks` and `--skip-unpaired` to an argparse parser."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--data", default=None,
-                       help="folder holding images/ and masks/ (ISIC naming: <id>.jpg with "
-                            "<id>_segmentation.png)" + ("" if required else "; default: %(default)s"))
-    group.add_argument("--images", default=None,
-                       help="images folder, e.g. ISIC2018_Task1-2_Training_Input (with --masks)")
-    group.add_argument("--masks", default=None,
-                       help="masks folder, e.g. ISIC2018_Task1_Training_GroundTruth (with --images)")
-    group.add_argument("--skip-unpaired", action="store_true",
-                       help="skip images without masks and masks without images, with a warning, "
-                            "instead of stopping (default: stop)")
+def preview_batch(pairs, path, image_size=DEFAULT_IMAGE_SIZE, batch_size=8, augment=True, seed=0):
+    """Saves a figure of one training batch: the first `batch_size` training pairs of the seeded split.
+
+    Returns:
+        The split (`split_pairs(pairs, seed=seed)`).
+    """
+    import plots
+
+    split = split_pairs(pairs, seed=seed)
+    shown = select_pairs(pairs, split["train"])[:batch_size]
+    dataset = LesionDataset(shown, image_size, len(shown), augment=augment, shuffle=False, seed=seed, progress=False)
+    images, masks = dataset[0]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    plots.save_batch_figure(images, masks[..., 0], path, titles=[pair.id for pair in shown])
+    return split
 
 
 def main(argv=None):
     parser = cliargs.ArgumentParser(
         description="List image/mask pairs, show the split sizes and save a figure of one batch.")
-    add_data_arguments(parser)
+    cliargs.add_data_arguments(parser)
     parser.add_argument("--image-size", type=int_range(1, 4096), nargs=2, default=list(DEFAULT_IMAGE_SIZE),
                         metavar=("H", "W"), help="batch image size (default: %(default)s)")
     parser.add_argument("--batch-size", type=int_range(1, 64), default=8, help="images in the figure (default: %(default)s)")
     parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="split and augmentation seed (default: %(default)s)")
     parser.add_argument("--no-augment", action="store_true", help="show the batch without augmentation")
-    parser.add_argument("--figure", default="batch.png", help="where to save the batch figure (default: %(default)s)")
+    parser.add_argument("--out", default=os.path.join("runs", "batch.png"),
+                        help="where to save the batch figure (default: %(default)s)")
     args = parser.parse_args(argv)
-
-    import plots
 
     images_dir, masks_dir = resolve_folders(args.data, args.images, args.masks)
     pairs = find_pairs(images_dir, masks_dir, args.skip_unpaired)
-    split = split_pairs(pairs, seed=args.seed)
     print(f"{len(pairs)} pairs in {images_dir} + {masks_dir}")
     for pair in pairs[:5]:
         print(f"  {pair.id}: {os.path.basename(pair.image_path)} + {os.path.basename(pair.mask_path)}")
     if len(pairs) > 5:
         print(f"  ... and {len(pairs) - 5} more")
+    split = preview_batch(pairs, args.out, args.image_size, args.batch_size, not args.no_augment, args.seed)
     print("split (seed {}): train {}, val {}, test {}".format(
         args.seed, len(split["train"]), len(split["val"]), len(split["test"])))
-    train = select_pairs(pairs, split["train"])[: args.batch_size]
-    dataset = LesionDataset(train, args.image_size, args.batch_size, augment=not args.no_augment,
-                            shuffle=False, seed=args.seed)
-    images, masks = dataset[0]
-    plots.save_batch_figure(images, masks[..., 0], args.figure, titles=[p.id for p in train])
-    print(f"saved one {'augmented ' if not args.no_augment else ''}batch to {args.figure}")
+    print(f"saved one {'augmented ' if not args.no_augment else ''}batch to {args.out}")
 
 
 if __name__ == "__main__":

@@ -14,14 +14,15 @@ so a run gives the same updates whatever the number of devices.
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 
 import keras
+import numpy as np
 
 from errors import InputError
-
-MODES = ("auto", "off", "mirrored", "multi-worker")
+from settings import DISTRIBUTION_MODES
 
 
 # Read by `keras.distribution.initialize()` when JAX runs over several processes.
@@ -110,8 +111,8 @@ def choose_distribution(mode="auto"):
     Raises:
         InputError: the mode is unknown or the backend cannot do it.
     """
-    if mode not in MODES:
-        raise InputError(f"--distribute {mode}: choose one of {', '.join(MODES)}")
+    if mode not in DISTRIBUTION_MODES:
+        raise InputError(f"--distribute {mode}: choose one of {', '.join(DISTRIBUTION_MODES)}")
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return _tensorflow_distribution(mode)
@@ -120,6 +121,67 @@ def choose_distribution(mode="auto"):
     if mode in ("mirrored", "multi-worker"):
         raise InputError(f"--distribute {mode}: not available with the {backend} backend; use tensorflow or jax")
     return Distribution(contextlib.nullcontext(), 1, "one device")
+
+
+class ShardedBatches(keras.utils.PyDataset):
+    """Another dataset's batches, made fit for data-parallel training: padded to equal shards and,
+    in one process of several, cut to that process's share.
+
+    A batch whose size is not a multiple of `pad_to_multiple` (and of the process count) is padded
+    with repeats of its first samples, and every batch comes with per-image sample weights, 0 for the
+    padding, so the padding changes no loss or metric. With `shard=(index, count)`, only the
+    `index`-th of `count` equal, contiguous slices of each padded batch is yielded: every process
+    makes the same global batch (same order, same augmentation) and takes its part.
+
+    Args:
+        dataset: a `keras.utils.PyDataset` of `(images, masks)` batches with a `batch_size`, e.g.
+            `dataGenerator.LesionDataset`; its epoch hooks are passed on.
+        pad_to_multiple: the shard count of one process's devices (JAX `DataParallel`), or 1.
+        shard: `(index, count)` of this process among the processes sharing each batch.
+
+    Raises:
+        ValueError: a bad shard, or a batch size that the processes cannot share evenly.
+    """
+
+    def __init__(self, dataset, pad_to_multiple=1, shard=(0, 1)):
+        super().__init__(workers=dataset.workers, use_multiprocessing=dataset.use_multiprocessing,
+                         max_queue_size=dataset.max_queue_size)
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
+        if dataset.batch_size % count:
+            raise ValueError(f"batch_size {dataset.batch_size} must be a multiple of the {count} processes "
+                             "that share each batch")
+        self.dataset = dataset
+        self.shard = (index, count)
+        self.pad_to_multiple = math.lcm(pad_to_multiple, count)  # every process gets as many samples
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        images, masks = self.dataset[index]
+        real = len(images)
+        padded = math.ceil(real / self.pad_to_multiple) * self.pad_to_multiple
+        rows = np.resize(np.arange(real), padded)  # repeats the first samples
+        weights = (np.arange(padded) < real).astype(np.float32)
+        part = np.array_split(np.arange(padded), self.shard[1])[self.shard[0]]
+        return images[rows[part]], masks[rows[part]], weights[part]
+
+    def set_epoch(self, epoch):
+        self.dataset.set_epoch(epoch)
+
+    def on_epoch_end(self):
+        self.dataset.on_epoch_end()
+
+
+def for_replicas(dataset, spread):
+    """Returns `dataset` as `spread` needs it: itself on one device and one process, else wrapped in
+    `ShardedBatches` (JAX shards each batch evenly over its devices; processes share each batch)."""
+    pad = spread.replicas if keras.backend.backend() == "jax" else 1
+    if pad == 1 and spread.processes == 1:
+        return dataset
+    return ShardedBatches(dataset, pad, (spread.process_index, spread.processes))
 
 
 def use_one_device():

@@ -10,7 +10,6 @@ folders are skipped on a second run. Training pairs land in `DIR/images` and `DI
 archives that are not images (`LICENSE.txt`, `ATTRIBUTION.txt`) are skipped and counted.
 """
 
-import argparse
 import os
 import shutil
 import sys
@@ -21,7 +20,8 @@ import zipfile
 
 from tqdm.auto import tqdm
 
-import dataGenerator
+import cliargs
+import settings
 from errors import InputError, make_output_dir, run_cli
 
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2018"
@@ -110,8 +110,8 @@ def unpack(path, target_dir, kind):
             name = os.path.basename(member.filename)
             if member.is_dir() or not name:
                 continue
-            keep = (dataGenerator.image_id_of(name) is not None if kind == "images"
-                    else name.lower().endswith(dataGenerator.MASK_SUFFIX))
+            keep = (settings.image_id_of(name) is not None if kind == "images"
+                    else name.lower().endswith(settings.MASK_SUFFIX))
             if not keep or name.startswith("."):
                 skipped += 1
                 continue
@@ -150,7 +150,7 @@ def fetch(out_dir, include_all=False, base_url=BASE_URL, keep_archives=True, pro
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Download and unpack the official ISIC 2018 Task 1 data.")
+    parser = cliargs.ArgumentParser(description="Download and unpack the official ISIC 2018 Task 1 data.")
     parser.add_argument("--out", default="data/isic2018", help="destination folder (default: %(default)s)")
     parser.add_argument("--all", action="store_true", help="also the validation and test sets (default: training only)")
     parser.add_argument("--base-url", default=BASE_URL, help="where the archives are served (default: %(default)s)")

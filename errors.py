@@ -24,7 +24,10 @@ def run_cli(main, argv=None):
         The process exit status: `main`'s own (0 when it returns `None`), 2 for bad input, or 130
         when interrupted.
     """
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # The project's notes (INFO) reach the user; other libraries' INFO lines (e.g. matplotlib's
+    # "generated new fontManager" on a first run) do not.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("lesion_unet").setLevel(logging.INFO)
     try:
         status = main(argv)
     except InputError as error:

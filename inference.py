@@ -5,7 +5,7 @@ size; its probability map is resized back (bilinear) to the image's own size, th
 optionally, post-processed.
 """
 
-import argparse
+import json
 import os
 import zipfile
 
@@ -15,32 +15,31 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from cliargs import float_range, int_range
 from dataGenerator import image_size_of, read_image
 from errors import InputError
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "improved_unet.keras")
-# Chosen on the validation split of the ISIC 2017 copy (README, "Results on real ISIC images").
-DEFAULT_TTA = False
-DEFAULT_POSTPROCESS = True
+# Serialized Python code in a .keras config: a Lambda layer, or a lambda passed as an argument.
+CODE_CLASSES = ("Lambda", "__lambda__")
 
 
-def _on_off(value):
-    return "on" if value else "off"
-
-
-def add_inference_arguments(parser):
-    """Adds `--batch-size`, `--threshold`, `--tta`, `--postprocess` and `--no-progress`."""
-    parser.add_argument("--batch-size", type=int_range(1, 4096), default=16,
-                        help="images per model call (default: %(default)s)")
-    parser.add_argument("--threshold", type=float_range(0, 1), default=0.5,
-                        help="probability threshold, 0 to 1 (default: %(default)s)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=DEFAULT_TTA,
-                        help=f"average predictions over flips (default: {_on_off(DEFAULT_TTA)})")
-    parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=DEFAULT_POSTPROCESS,
-                        help="keep the largest lesion region and fill its holes "
-                             f"(default: {_on_off(DEFAULT_POSTPROCESS)})")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+def _carries_code(path):
+    """Whether the `.keras` archive's `config.json` holds serialized Python code (`CODE_CLASSES`),
+    which safe mode refuses to run; `False` when the config cannot be read (the load will say why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    stack = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("class_name") in CODE_CLASSES:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def load_model(path):
@@ -61,15 +60,15 @@ def load_model(path):
         raise InputError(f"{path}: model file not found; pass a .keras file or a run folder")
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a Keras model (.keras files are zip archives); pass a .keras file")
+    if _carries_code(path):
+        raise InputError(
+            f"{path}: refused: the model carries arbitrary code (e.g. a Lambda layer), which safe "
+            "mode does not run; use a model built from this project's layers"
+        )
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types here; all mean "cannot use this file".
         text = str(error)
-        if "safe_mode" in text or "Lambda" in text or "lambda" in text:
-            raise InputError(
-                f"{path}: refused: the model carries arbitrary code (e.g. a Lambda layer), which safe "
-                "mode does not run; use a model built from this project's layers"
-            ) from None
         raise InputError(f"{path}: cannot load this Keras model ({type(error).__name__}: "
                          f"{text.splitlines()[0] if text else ''})") from None
     shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None

@@ -9,22 +9,18 @@ percentile of per-image Dice).
 """
 
 import argparse
-import json
 import os
 import sys
 
-import evaluate
-import inference
-import plots
+import cliargs
+import runfolder
 from errors import InputError, run_cli
-from model_basic import build_unet
-from model_improved import build_improved_unet
 
 GOOD_TYPICAL_HARD = (("good (90th percentile)", 0.9), ("typical (median)", 0.5), ("hard (10th percentile)", 0.1))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Regenerate the figures in resources/.")
+    parser = cliargs.ArgumentParser(description="Regenerate the figures in resources/.")
     parser.add_argument("--run", default=None,
                         help="a finished run folder for the curves and test examples (default: none, "
                              "architecture diagrams only)")
@@ -34,26 +30,33 @@ def main(argv=None):
     parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=None,
                         help="post-processing for the examples (default: the run's setting)")
     args = parser.parse_args(argv)
+    if args.run is not None and not os.path.isfile(os.path.join(args.run, runfolder.HISTORY)):
+        raise InputError(f"{args.run}: no history.csv; pass a finished run folder")
+    import quiet  # Keras loads only now that the arguments are known to be good
+
+    quiet.import_keras()
+    import inference
+    import plots
+    import scoring
+    from model_basic import build_unet
+    from model_improved import build_improved_unet
+
     os.makedirs(args.out, exist_ok=True)
     plots.save_architecture_figure(build_improved_unet(), os.path.join(args.out, "architecture_improved.png"))
     plots.save_architecture_figure(build_unet(), os.path.join(args.out, "architecture_basic.png"))
     print(f"wrote {args.out}/architecture_improved.png and architecture_basic.png")
     if args.run is None:
         return
-    history_path = os.path.join(args.run, "history.csv")
-    if not os.path.isfile(history_path):
-        raise InputError(f"{args.run}: no history.csv; pass a finished run folder")
-    with open(os.path.join(args.run, "config.json"), encoding="utf-8") as handle:
-        config = json.load(handle)
-    plots.save_curves(plots.read_history(history_path), os.path.join(args.out, "training_curves.png"),
+    config = runfolder.read_config(args.run)
+    plots.save_curves(plots.read_history(os.path.join(args.run, runfolder.HISTORY)), os.path.join(args.out, "training_curves.png"),
                       f"{'Improved' if config['model'] == 'improved' else 'Basic'} U-Net on ISIC 2017, {config['image_size'][0]}x{config['image_size'][1]}, "
                       f"{config['epochs']} epochs (validation split)")
-    model_path, pairs, description, _ = evaluate.resolve_target(args.run, None, None, None, False, "test")
+    model_path, pairs, description, _ = scoring.resolve_target(args.run, None, None, None, False, "test")
     model = inference.load_model(model_path)
     options = dict(tta=config["tta"] if args.tta is None else args.tta,
                    postprocess=config["postprocess"] if args.postprocess is None else args.postprocess)
-    rows = evaluate.evaluate_pairs(model, pairs, **options)
-    evaluate.save_cases(model, pairs, rows, os.path.join(args.out, "test_examples.png"),
+    rows = scoring.evaluate_pairs(model, pairs, **options)
+    scoring.save_cases(model, pairs, rows, os.path.join(args.out, "test_examples.png"),
                         title=f"Test split examples (ISIC 2017, {len(pairs)} test images)",
                         quantiles=GOOD_TYPICAL_HARD, **options)
     print(f"wrote {args.out}/training_curves.png and test_examples.png")

@@ -14,6 +14,8 @@ import keras
 import numpy as np
 from keras import ops
 
+import settings
+
 PACKAGE = "lesion_seg"
 SMOOTH = 1.0
 THRESHOLD = 0.5
@@ -56,7 +58,7 @@ class SegmentationLoss(keras.losses.Loss):
         name: loss name in logs.
     """
 
-    KINDS = ("dice_bce", "dice", "bce")
+    KINDS = settings.LOSSES
 
     def __init__(self, kind="dice_bce", name=None, **kwargs):
         if kind not in self.KINDS:

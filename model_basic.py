@@ -9,6 +9,7 @@ Run `python model_basic.py` to print the summary and parameter count.
 """
 
 import argparse
+import os
 
 import keras
 from keras import layers
@@ -41,7 +42,7 @@ def build_unet(image_size=(128, 128), channels=3, base_filters=64, depth=4):
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    check_image_size(image_size, depth + 1, "The basic U-Net")
+    check_image_size(image_size, depth, "The basic U-Net")  # depth counts poolings
     inputs = keras.Input(shape=(*image_size, channels), name="image")
     x, skips = inputs, []
     for level in range(1, depth + 1):
@@ -67,6 +68,9 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=4, help="number of poolings (default: %(default)s)")
     args = parser.parse_args(argv)
     model = build_unet(tuple(args.image_size), base_filters=args.base_filters, depth=args.depth)
+    # rich, which Keras draws the table with, assumes 80 columns when the output is not a terminal
+    # (`| cat`, a file) and would cut the table there.
+    os.environ.setdefault("COLUMNS", "112")
     model.summary(line_length=110)
     print(f"{model.name}: {model.count_params():,} parameters")
 

@@ -6,13 +6,15 @@ added to its input), with 3x3 stride-2 convolutions between levels; 16 filters d
 Decoder: upsampling modules (upsample x2, 3x3 conv halving the features), concatenation with the
 encoder level, localization modules (3x3 conv, then 1x1 conv halving the features), and deep
 supervision: 1x1 segmentation layers at three decoder levels, upsampled and summed into the output.
-Every convolution outside the segmentation layers is followed by instance norm and leaky ReLU
-(slope 0.01). Instance norm is `GroupNormalization(groups=-1)`.
+Every convolution outside the segmentation layers and the context modules is followed by instance
+norm and leaky ReLU (slope 0.01); inside a context module they come before each convolution
+(pre-activation). Instance norm is `GroupNormalization(groups=-1)`.
 
 Run `python model_improved.py` to print the summary and parameter count.
 """
 
 import argparse
+import os
 
 import keras
 from keras import layers
@@ -51,21 +53,21 @@ def _localization_module(x, filters, name):
     return _conv_norm_act(x, filters, 1, f"{name}_b")
 
 
-def check_image_size(image_size, depth, model_name):
-    """Checks that height and width can be halved `depth - 1` times.
+def check_image_size(image_size, poolings, model_name):
+    """Checks that height and width can be halved `poolings` times (a U-Net's way down).
 
     Raises:
-        ValueError: a side is not a positive multiple of `2 ** (depth - 1)`; the message lists the
+        ValueError: a side is not a positive multiple of `2 ** poolings`; the message lists the
             nearest sizes that work.
     """
-    step = 2 ** (depth - 1)
+    step = 2**poolings
     for side in image_size:
         if side is None:
             continue
         if side < step or side % step:
             lower, upper = max(step, side // step * step), (side // step + 1) * step
             raise ValueError(
-                f"{model_name} with depth {depth} needs height and width that are multiples of "
+                f"{model_name} halves its input {poolings} times, so it needs height and width that are multiples of "
                 f"{step}; got {tuple(image_size)} (try {lower} or {upper} instead of {side})"
             )
 
@@ -93,7 +95,7 @@ def build_improved_unet(image_size=(128, 128), channels=3, base_filters=16, dept
     """
     if depth < 2:
         raise ValueError(f"depth must be >= 2, got {depth}")
-    check_image_size(image_size, depth, "The Improved U-Net")
+    check_image_size(image_size, depth - 1, "The Improved U-Net")  # depth counts levels: one fewer halvings
     inputs = keras.Input(shape=(*image_size, channels), name="image")
 
     x = _conv_norm_act(inputs, base_filters, 3, "enc1_in")
@@ -134,6 +136,9 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=5, help="resolution levels (default: %(default)s)")
     args = parser.parse_args(argv)
     model = build_improved_unet(tuple(args.image_size), base_filters=args.base_filters, depth=args.depth)
+    # rich, which Keras draws the table with, assumes 80 columns when the output is not a terminal
+    # (`| cat`, a file) and would cut the table there.
+    os.environ.setdefault("COLUMNS", "112")
     model.summary(line_length=110)
     print(f"{model.name}: {model.count_params():,} parameters")
 

@@ -62,11 +62,11 @@ def save_curves(history, path, title="Training curves"):
     """Saves loss and Dice per epoch, training and validation.
 
     Args:
-        history: dict with `loss`, `val_loss`, `dice`, `val_dice` lists (and `epoch`).
+        history: dict with `loss`, `val_loss`, `dice`, `val_dice` lists (and `epoch`, counted from 1).
         path: PNG file to write.
         title: the figure's title.
     """
-    epochs = np.asarray(history.get("epoch", range(len(history["loss"]))), dtype=int) + 1
+    epochs = np.asarray(history.get("epoch", range(1, len(history["loss"]) + 1)), dtype=int)
     fig = Figure(figsize=(10, 3.6))
     left, right = fig.subplots(1, 2)
     for axis, key, label in ((left, "loss", "loss"), (right, "dice", "Dice (per image, threshold 0.5)")):

@@ -15,10 +15,8 @@ import numpy as np
 from PIL import Image
 
 import cliargs
-import dataGenerator
-import inference
-import plots
 import runfolder
+import settings
 from errors import InputError, make_output_dir, run_cli
 
 OUTPUT_SUFFIXES = ("_segmentation.png", "_overlay.png")
@@ -32,7 +30,7 @@ def is_own_output(name):
 def collect_images(inputs):
     """Expands files and folders into a sorted, de-duplicated list of image files.
 
-    In folders, only regular image files count (the rule of `dataGenerator.is_usable_file`), and this
+    In folders, only regular image files count (the rule of `settings.is_usable_file`), and this
     tool's own outputs are skipped, so writing masks into an input folder never feeds them back in.
     Files named explicitly are always taken.
 
@@ -46,7 +44,7 @@ def collect_images(inputs):
             found = []
             for name in sorted(os.listdir(item)):
                 path = os.path.join(item, name)
-                if dataGenerator.image_id_of(name) is None or not dataGenerator.is_usable_file(path):
+                if settings.image_id_of(name) is None or not settings.is_usable_file(path):
                     continue
                 if is_own_output(name):
                     skipped += 1
@@ -97,7 +95,7 @@ def split_inputs(argv_inputs):
             raise InputError(f"{first}: a run folder without best.keras (its training has not finished an "
                              "epoch); pass another run folder or a .keras file")
         return model_path, argv_inputs[1:]
-    return inference.DEFAULT_MODEL, argv_inputs
+    return settings.DEFAULT_MODEL, argv_inputs
 
 
 def build_parser():
@@ -109,7 +107,7 @@ def build_parser():
                              "model), then image files or folders")
     parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     parser.add_argument("--overlay", action="store_true", help="also write <id>_overlay.png, the outline on the image")
-    inference.add_inference_arguments(parser)
+    cliargs.add_inference_arguments(parser)
     return parser
 
 
@@ -118,6 +116,13 @@ def main(argv=None):
     model_path, inputs = split_inputs(args.inputs)
     if not inputs:
         raise InputError("no input images given; pass image files or folders after the model")
+    import quiet  # Keras loads only now that the arguments are known to be good
+
+    quiet.import_keras()
+    import dataGenerator
+    import inference
+    import plots
+
     model = inference.load_model(model_path)
     paths = collect_images(inputs)
     make_output_dir(args.out)

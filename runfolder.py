@@ -24,6 +24,8 @@ STATE = "state.json"
 HISTORY = "history.csv"
 BEST = "best.keras"
 LAST = "last.keras"
+CURVES = "curves.png"
+CASES = "cases.png"
 MARKERS = (CONFIG, STATE)  # either one makes a folder a run folder
 
 _TEMP_NAME = re.compile(r"\.tmp\d+")
@@ -86,6 +88,15 @@ def read_json(path, what):
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: damaged, cannot read {what} ({error}); restore the file, or start a new "
                          "run with another --out") from None
+
+
+def read_config(run_dir):
+    """Returns a run folder's `config.json` (its resolved settings).
+
+    Raises:
+        InputError: the file is missing or damaged, naming it.
+    """
+    return read_json(os.path.join(run_dir, CONFIG), "the run's settings")
 
 
 def remove_stale_temp_files(folder):

@@ -14,7 +14,6 @@ from `benchmarks/bench_compute.py`.
 import argparse
 import concurrent.futures
 import io
-import json
 import os
 import shutil
 import sys

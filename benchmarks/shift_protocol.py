@@ -68,7 +68,7 @@ def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, 
     """Scores `model` on `pairs` under each shift.
 
     Returns:
-        `{shift: rows}`, each row as `evaluate.evaluate_pairs` gives (with `lesion_fraction`).
+        `{shift: rows}`, each row as `scoring.evaluate_pairs` gives (with `lesion_fraction`).
     """
     from tqdm.auto import tqdm
 
@@ -166,7 +166,7 @@ def score_runs(runs, shifts=SHIFTS, progress=True):
 
     results = {}
     for run in runs:
-        config = runfolder.read_json(os.path.join(run, runfolder.CONFIG), "the run's settings")
+        config = runfolder.read_config(run)
         pairs = dataGenerator.find_pairs(config["images"], config["masks"], skip_unpaired=True)
         split = dataGenerator.load_split(os.path.join(run, runfolder.SPLIT))
         results[run] = score_shifted(inference.load_model(os.path.join(run, runfolder.BEST)),

@@ -53,13 +53,13 @@ def main(argv=None):
             rows = read_rows(history)
             for row in rows[seen:]:
                 elapsed = time.perf_counter() - started
-                print(f"[bench] epoch {int(row['epoch']) + 1}: val Dice {float(row['val_dice']):.4f}, "
+                print(f"[bench] epoch {int(row['epoch'])}: val Dice {float(row['val_dice']):.4f}, "
                       f"{elapsed:.0f} s since start (train.py's own clock: {float(row['elapsed_s']):.0f} s); "
                       f"train {float(row['train_s']):.1f} s, val {float(row['val_s']):.1f} s, "
                       f"steps {float(row['steps_s']):.1f} s (slowest {float(row['step_max_s']):.2f} s), "
                       f"stall {float(row['stall_s']):.2f} s", flush=True)
                 if reached is None and float(row["val_dice"]) >= args.target:
-                    reached = (int(row["epoch"]) + 1, elapsed)
+                    reached = (int(row["epoch"]), elapsed)
             seen = len(rows)
             if reached and not args.finish:
                 break

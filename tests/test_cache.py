@@ -9,7 +9,7 @@ import pytest
 
 import cache
 import dataGenerator
-from conftest import run_script
+from conftest import TINY, run_main
 from dataGenerator import InputError
 
 
@@ -74,12 +74,12 @@ def test_unusable_cache_folder_names_it_and_the_way_out(pairs, tmp_path):
 
 
 def test_train_builds_then_reuses_the_cache(synthetic_dir, tmp_path):
-    common = ["train.py", "--data", synthetic_dir, "--epochs", "1", "--image-size", "32", "32",
-              "--base-filters", "4", "--batch-size", "8", "--verbose", "2", "--cache-dir", str(tmp_path / "cache")]
-    first = run_script(*common, "--out", str(tmp_path / "one"))
+    common = ["train.py", "--data", synthetic_dir, "--epochs", "1", *TINY, "--verbose", "2",
+              "--cache-dir", str(tmp_path / "cache")]
+    first = run_main(*common, "--out", str(tmp_path / "one"))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "24 decoded and cached in" in first.stdout
-    second = run_script(*common, "--out", str(tmp_path / "two"), "--seed", "1")
+    second = run_main(*common, "--out", str(tmp_path / "two"), "--seed", "1")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "24 read from the cache in" in second.stdout
     assert len(os.listdir(tmp_path / "cache")) == 1

@@ -1,26 +1,23 @@
-"""The three command-line tools end to end on tiny synthetic data, and their errors."""
+"""The three command-line tools end to end on tiny synthetic data, and their errors.
+
+They run in this process (`conftest.run_main`), as their command lines would; `test_quiet_and_quick`
+checks what only a fresh process shows (start-up noise, `--help` without Keras).
+"""
 
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_script
+import quiet
+from conftest import ROOT, TINY, run_main, run_script
 from errors import InputError
 from metrics import REPORT_METRICS
-
-TINY = ["--image-size", "32", "32", "--base-filters", "4", "--batch-size", "8", "--verbose", "2"]
-
-
-@pytest.fixture(scope="module")
-def trained_run(synthetic_dir, tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("runs") / "tiny")
-    result = run_script("train.py", "--data", synthetic_dir, "--epochs", "2", "--out", run_dir, *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, result
 
 
 def _one_error_line(result):
@@ -36,7 +33,9 @@ def test_train_writes_a_complete_run_folder(trained_run):
                  "curves.png", "metrics.json", "per_image.csv", "cases.png"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     assert "data: 24 pairs" in result.stdout and "improved_unet" in result.stdout
-    assert "test Dice" in result.stdout
+    assert "test Dice" in result.stdout and "2 epochs" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1] == (f"run folder: {run_dir} (best.keras; history.csv, curves.png, "
+                                                       "metrics.json, cases.png)")
     with open(os.path.join(run_dir, "split.json")) as handle:
         split = json.load(handle)
     assert [len(split[k]) for k in ("train", "val", "test")] == [20, 2, 2]
@@ -46,6 +45,7 @@ def test_train_writes_a_complete_run_folder(trained_run):
     with open(os.path.join(run_dir, "history.csv")) as handle:
         history = list(csv.DictReader(handle))
     assert len(history) == 2 and {"loss", "dice", "val_dice", "val_loss"} <= set(history[0])
+    assert [row["epoch"] for row in history] == ["1", "2"]  # counted as the console and state.json count
     for row in history:  # timings: the steps and the time outside them add up to the training time
         elapsed, train, val, steps, stall = (float(row[k]) for k in ("elapsed_s", "train_s", "val_s", "steps_s",
                                                                       "stall_s"))
@@ -64,34 +64,34 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert Image.open(os.path.join(run_dir, "curves.png")).format == "PNG"
 
 
-def test_resume_continues_to_the_planned_epochs(trained_run, tmp_path):
+def test_resume_continues_to_the_planned_epochs(basic_run, tmp_path):
     import shutil
 
     run_dir = str(tmp_path / "resumed")
-    shutil.copytree(trained_run[0], run_dir)
+    shutil.copytree(basic_run, run_dir)
     state_path = os.path.join(run_dir, "state.json")
     with open(state_path) as handle:
         state = json.load(handle)
     with open(state_path, "w") as handle:  # as if the run had been killed after its first epoch
         json.dump({**state, "epochs_done": 1}, handle)
-    result = run_script("train.py", "--out", run_dir, "--resume", "--epochs", "2", "--verbose", "2")
+    result = run_main("train.py", "--out", run_dir, "--resume", "--epochs", "2", "--verbose", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming after epoch 1" in result.stdout
     with open(os.path.join(run_dir, "history.csv")) as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
     with open(state_path) as handle:
         assert json.load(handle)["epochs_done"] == 2
 
 
 def test_evaluate_run_folder_and_model_with_data(trained_run, synthetic_dir, tmp_path):
     run_dir, _ = trained_run
-    result = run_script("evaluate.py", run_dir, "--no-progress")
+    result = run_main("evaluate.py", run_dir, "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dice" in result.stdout and "test split" in result.stdout
     with open(os.path.join(run_dir, "evaluation", "metrics.json")) as handle:
         assert json.load(handle)["n_images"] == 2
     out = str(tmp_path / "eval_all")
-    result = run_script("evaluate.py", os.path.join(run_dir, "best.keras"), "--data", synthetic_dir,
+    result = run_main("evaluate.py", os.path.join(run_dir, "best.keras"), "--data", synthetic_dir,
                         "--out", out, "--tta", "--postprocess", "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(out, "metrics.json")) as handle:
@@ -104,7 +104,7 @@ def test_predict_writes_isic_masks_at_each_images_size(trained_run, synthetic_di
     run_dir, _ = trained_run
     out = str(tmp_path / "masks")
     images = os.path.join(synthetic_dir, "images")
-    result = run_script("predict.py", os.path.join(run_dir, "best.keras"), images, "--out", out, "--overlay",
+    result = run_main("predict.py", os.path.join(run_dir, "best.keras"), images, "--out", out, "--overlay",
                         "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
     written = sorted(os.listdir(out))
@@ -118,16 +118,16 @@ def test_predict_writes_isic_masks_at_each_images_size(trained_run, synthetic_di
 
 def test_demo_default_uses_synthetic_data(tmp_path):
     run_dir = str(tmp_path / "demo")
-    result = run_script("train.py", "--epochs", "1", "--limit", "12", "--out", run_dir, *TINY)
+    result = run_main("train.py", "--epochs", "1", "--limit", "12", "--out", run_dir, *TINY, "--verbose", "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "(synthetic demo)" in result.stdout and "test Dice" in result.stdout
+    assert "(synthetic demo)" in result.stdout and "test Dice" in result.stdout and "| 1 epoch," in result.stdout
     assert len(os.listdir(os.path.join(run_dir, "synthetic_data", "images"))) == 240
 
 
 def test_existing_run_folder_is_not_overwritten(trained_run, synthetic_dir):
     run_dir, _ = trained_run
     before = os.path.getmtime(os.path.join(run_dir, "best.keras"))
-    line = _one_error_line(run_script("train.py", "--data", synthetic_dir, "--out", run_dir, *TINY))
+    line = _one_error_line(run_main("train.py", "--data", synthetic_dir, "--out", run_dir, *TINY))
     assert run_dir in line and "--resume" in line and "--overwrite" in line
     assert os.path.getmtime(os.path.join(run_dir, "best.keras")) == before
 
@@ -142,7 +142,7 @@ def test_bad_input_gives_one_line_and_status_2(args, expected, tmp_path, synthet
     args = [synthetic_dir if arg == "SYNTHETIC" else arg for arg in args]
     if args[0] == "train.py":
         args = [*args, "--out", str(tmp_path / "run")]
-    line = _one_error_line(run_script(*args))
+    line = _one_error_line(run_main(*args))
     assert expected in line
     assert not os.path.exists(tmp_path / "run")  # nothing partial left behind
 
@@ -153,7 +153,7 @@ def test_orphans_stop_training_before_anything_is_written(tmp_path, synthetic_di
     data = tmp_path / "data"
     shutil.copytree(synthetic_dir, data)
     os.remove(data / "masks" / "synthetic_0003_segmentation.png")
-    line = _one_error_line(run_script("train.py", "--data", str(data), "--out", str(tmp_path / "run"), *TINY))
+    line = _one_error_line(run_main("train.py", "--data", str(data), "--out", str(tmp_path / "run"), *TINY))
     assert "synthetic_0003" in line and "--skip-unpaired" in line
     assert not os.path.exists(tmp_path / "run")
 
@@ -176,3 +176,44 @@ def test_scoring_predict_py_masks_equals_scoring_the_model(trained_run, syntheti
     os.remove(os.path.join(masks, "synthetic_0005_segmentation.png"))
     with pytest.raises(InputError, match="no predicted mask for 1 of 24 image.*synthetic_0005"):
         evaluate.main(["--predictions", masks, "--data", synthetic_dir, "--out", str(tmp_path / "again")])
+
+
+def test_help_loads_no_keras():
+    """--help (and a bad flag) answer before Keras loads: no TensorFlow start-up of 10-15 s."""
+    code = ("import sys\n"
+            "for script in ('train', 'evaluate', 'predict', 'make_figures', 'download_isic'):\n"
+            "    module = __import__(script)\n"
+            "    for argv in (['--help'], ['--no-such-flag']):\n"
+            "        try:\n"
+            "            module.main(argv)\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "print(sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules)))\n")
+    result = run_script("-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert result.stdout.count("usage: ") == 5 and "--learning-rate" in result.stdout
+    assert result.stderr.count("error: ") == 5
+
+
+def test_scripts_are_quiet_but_real_warnings_pass(trained_run, synthetic_dir, tmp_path):
+    """A fresh process prints none of TensorFlow's start-up lines (absl, CUDA, CPU features), unless
+    the user asks for them with TF_CPP_MIN_LOG_LEVEL."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "predict.py", os.path.join(trained_run[0], "best.keras"),
+               os.path.join(synthetic_dir, "images", "synthetic_0000.jpg"), "--out", str(tmp_path / "masks"),
+               "--no-progress"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == "" and result.stdout.startswith("wrote 1 mask(s)")
+    loud = subprocess.run(command, cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"}, capture_output=True,
+                          text=True, timeout=300)
+    assert loud.returncode == 0 and quiet.NOISE.search(loud.stderr)  # the filter had something to filter
+
+
+def test_filtered_stderr_drops_only_known_noise(capfd):
+    with quiet.filtered_stderr():  # what C++ code writes goes to file descriptor 2 directly
+        os.write(2, b"I0000 00:00:1 12 cudart_stub.cc:31] Could not find cuda drivers on your machine\n")
+        os.write(2, b"warning: something the user must see\n")
+        os.write(2, b"E0000 00:00:1 12 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n")
+    assert capfd.readouterr().err == "warning: something the user must see\n"

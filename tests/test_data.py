@@ -187,10 +187,11 @@ def test_augmentation_is_deterministic_per_seed_epoch_and_batch(synthetic_dir):
 
 
 def test_padding_for_equal_shards_repeats_samples_with_zero_weight(synthetic_dir):
+    from distribution import ShardedBatches
+
     pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:7]
     plain = LesionDataset(pairs, (16, 16), 4, progress=False)
-    padded = LesionDataset(pairs, (16, 16), 4, pad_to_multiple=4, arrays=(plain.images, plain.masks),
-                           progress=False)
+    padded = ShardedBatches(plain, pad_to_multiple=4)
     images, masks, weights = padded[1]  # 3 real samples, padded to 4
     assert images.shape == (4, 16, 16, 3) and masks.shape == (4, 16, 16, 1)
     np.testing.assert_array_equal(weights, [1, 1, 1, 0])
@@ -200,11 +201,13 @@ def test_padding_for_equal_shards_repeats_samples_with_zero_weight(synthetic_dir
 
 
 def test_shards_of_a_batch_put_together_are_the_whole_batch(synthetic_dir):
+    from distribution import ShardedBatches
+
     pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:11]
-    options = dict(image_size=(16, 16), batch_size=4, augment=True, shuffle=True, seed=2, pad_to_multiple=2,
-                   progress=False)
-    whole = LesionDataset(pairs, **options)
-    shards = [LesionDataset(pairs, shard=(index, 2), arrays=(whole.images, whole.masks), **options)
+    options = dict(image_size=(16, 16), batch_size=4, augment=True, shuffle=True, seed=2, progress=False)
+    base = LesionDataset(pairs, **options)
+    whole = ShardedBatches(base, pad_to_multiple=2)
+    shards = [ShardedBatches(LesionDataset(pairs, arrays=(base.images, base.masks), **options), 2, (index, 2))
               for index in (0, 1)]
     for _ in range(2):  # two epochs: new order, new augmentation
         for batch in range(len(whole)):  # the last batch has 3 real samples: padded to 4, 2 per shard
@@ -217,29 +220,59 @@ def test_shards_of_a_batch_put_together_are_the_whole_batch(synthetic_dir):
     np.testing.assert_array_equal(shards[1][len(whole) - 1][2], [1, 0])
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(batch_size=5, shard=(0, 2)), "multiple of the 2 processes"),
-    (dict(batch_size=4, shard=(2, 2)), "0 <= index < count"),
+@pytest.mark.parametrize("batch_size, shard, message", [
+    (5, (0, 2), "multiple of the 2 processes"),
+    (4, (2, 2), "0 <= index < count"),
 ])
-def test_bad_shards_are_clear_errors(synthetic_dir, options, message):
+def test_bad_shards_are_clear_errors(synthetic_dir, batch_size, shard, message):
+    from distribution import ShardedBatches
+
     pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:2]
     with pytest.raises(ValueError, match=message):
-        LesionDataset(pairs, (16, 16), progress=False, **options)
+        ShardedBatches(LesionDataset(pairs, (16, 16), batch_size, progress=False), shard=shard)
 
 
 def test_zero_weight_padding_leaves_the_validation_metrics_unchanged(synthetic_dir):
     keras = pytest.importorskip("keras")
     import metrics
+    from distribution import ShardedBatches
     from model_improved import build_improved_unet
 
     pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:7]
     plain = LesionDataset(pairs, (16, 16), 7, progress=False)
-    padded = LesionDataset(pairs, (16, 16), 7, pad_to_multiple=4, arrays=(plain.images, plain.masks), progress=False)
+    padded = ShardedBatches(plain, pad_to_multiple=4)
     keras.utils.set_random_seed(0)
     model = build_improved_unet((16, 16), base_filters=2, depth=2)
-    model.compile(loss=metrics.SegmentationLoss("dice"), weighted_metrics=metrics.training_metrics())  # as train.py
+    model.compile(loss=metrics.SegmentationLoss("dice"), weighted_metrics=metrics.training_metrics())  # as training.py
     # The padded copy repeats an image whose Dice differs from the mean: only weight 0 keeps it out.
     expected = model.evaluate(plain, verbose=0, return_dict=True)
     got = model.evaluate(padded, verbose=0, return_dict=True)
     assert got["dice"] == pytest.approx(expected["dice"], abs=1e-6)
     assert got["jaccard"] == pytest.approx(expected["jaccard"], abs=1e-6)
+
+
+def test_a_bug_while_decoding_is_not_blamed_on_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "fine.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+
+    def broken(image):
+        raise TypeError("a bug in our own code")
+
+    monkeypatch.setattr(dataGenerator, "_to_rgb", broken)
+    with pytest.raises(TypeError, match="our own code"):  # not "replace or remove the file"
+        read_image(str(path))
+
+
+def test_augmentation_pipeline_is_built_once_per_worker_thread(synthetic_dir, monkeypatch):
+    import concurrent.futures
+
+    pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:8]
+    dataset = LesionDataset(pairs, (32, 32), batch_size=2, augment=True, seed=1, progress=False)
+    built = []
+    original = dataGenerator.build_augmentation
+    monkeypatch.setattr(dataGenerator, "build_augmentation", lambda *a, **k: built.append(1) or original(*a, **k))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        batches = list(pool.map(dataset.__getitem__, [0, 1, 2, 3, 0, 1, 2, 3]))
+    assert 1 <= len(built) <= 2  # one per thread, not one per batch
+    for first, again in zip(batches[:4], batches[4:]):  # the same batch, whichever thread made it
+        np.testing.assert_array_equal(first[0], again[0])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import JAX_FAST_COMPILE, ROOT, TINY, run_script
 
 pytest.importorskip("tensorflow")
 
@@ -37,8 +37,8 @@ def test_train_py_runs_mirrored_on_two_cpu_devices(synthetic_dir, tmp_path):
               "import train\n"
               "sys.exit(train.main(sys.argv[1:]))\n")
     result = run_script("-c", script, "--data", synthetic_dir, "--out", str(tmp_path / "run"), "--epochs", "1",
-                        "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "4", "--verbose", "2",
-                        "--distribute", "mirrored", env={"KERAS_BACKEND": "tensorflow"})
+                        *TINY, "--batch-size", "4", "--verbose", "2", "--distribute", "mirrored",
+                        env={"KERAS_BACKEND": "tensorflow"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MirroredStrategy over" in result.stdout and "CPU:1" in result.stdout
     assert os.path.isfile(tmp_path / "run" / "metrics.json")
@@ -61,11 +61,13 @@ def jax_two_device_run(synthetic_dir, tmp_path_factory):
     pytest.importorskip("jax")
     run_dir = str(tmp_path_factory.mktemp("jax") / "run")
     result = run_script("train.py", "--data", synthetic_dir, "--out", run_dir, *JAX_RUN[:-1], "mirrored",
-                        env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+                        env={"KERAS_BACKEND": "jax",
+                             "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {JAX_FAST_COMPILE}"})
     assert result.returncode == 0, result.stderr[-3000:]
     return result, run_dir
 
 
+@pytest.mark.xdist_group("jax_two_device_run")  # with -n: one worker, one fixture
 def test_jax_data_parallel_on_two_cpu_devices(jax_two_device_run):
     result, run_dir = jax_two_device_run
     assert "DataParallel over 2 devices" in result.stdout
@@ -78,13 +80,14 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.xdist_group("jax_two_device_run")
 def test_jax_two_processes_match_one_process_on_two_devices(synthetic_dir, tmp_path, jax_two_device_run):
     # Each process feeds half of every batch (augmented as in one process) to its one device.
     _, reference_dir = jax_two_device_run
     run_dir = str(tmp_path / "run")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "jax",
            "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{_free_port()}", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = JAX_FAST_COMPILE
     command = [sys.executable, "train.py", "--data", synthetic_dir, "--out", run_dir, *JAX_RUN]
     workers = [subprocess.Popen(command, cwd=ROOT, env={**env, "KERAS_DISTRIBUTION_PROCESS_ID": str(index)},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in (0, 1)]
@@ -217,13 +220,14 @@ def test_gpu_that_the_backend_misses_is_one_warning(driver, smi, backend_sees_gp
 
 def test_train_names_its_device_and_prints_the_gpu_warning(tmp_path, synthetic_dir, monkeypatch, capsys):
     import distribution
+    import keras
     import train
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(distribution, "gpu_fallback_warning", lambda: "warning: fake GPU unseen")
-    monkeypatch.setattr(train.keras.Model, "fit", stop)  # what matters is said before training
+    monkeypatch.setattr(keras.Model, "fit", stop)  # what matters is said before training
     with pytest.raises(KeyboardInterrupt):
         train.main(["--data", synthetic_dir, "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
                     "32", "--base-filters", "4", "--verbose", "0"])

@@ -33,7 +33,6 @@ def _png(array):
 def _jpeg():
     buffer = io.BytesIO()
     Image.fromarray(np.full((30, 40, 3), 150, np.uint8)).save(buffer, format="JPEG")
-    # Padding makes the archive large enough to cut half-way.
     return buffer.getvalue()
 
 

@@ -8,14 +8,15 @@ import keras
 import numpy as np
 import pytest
 
+import callbacks
 import dataGenerator
-import evaluate
 import metrics
 import runfolder
+import scoring
 import train
+from conftest import TINY
 from dataGenerator import Pair, kfold_split
 
-TINY = ["--image-size", "32", "32", "--base-filters", "4", "--batch-size", "8", "--verbose", "0"]
 
 
 def _pairs(count):
@@ -61,7 +62,7 @@ def test_summary_by_size_golden():
     assert summary["by_size"]["10-30%"]["n_images"] == 0 and summary["by_size"]["10-30%"]["dice"] is None
     assert summary["by_size"][">30%"]["n_images"] == 3
     assert summary["by_size"][">30%"]["dice"] == pytest.approx((0.4 + 0.8 + 1.0) / 3)
-    table = evaluate.format_table(summary).splitlines()
+    table = scoring.format_table(summary).splitlines()
     assert table[-4].split()[:2] == ["lesion", "size"]
     assert table[-3].split() == ["<10%", "1", "0.2000", "0.1000", "0.0000", "1.0000"]
     assert table[-2].split() == ["10-30%", "0", "-", "-", "-", "-"]
@@ -117,14 +118,14 @@ def test_averaged_weights_are_the_optimizers_moving_average(tmp_path):
     rng = np.random.default_rng(0)
     for _ in range(4):  # not fit(): at its end Keras copies the average into the model
         model.train_on_batch(rng.random((4, 4, 4, 3)), (rng.random((4, 4, 4, 1)) > 0.5).astype("float32"))
-    averaged = train.averaged_weights(model)
+    averaged = callbacks.averaged_weights(model)
     moving = {v.path: keras.ops.convert_to_numpy(m) for v, m in
               zip(model.optimizer._trainable_variables, model.optimizer._model_variables_moving_average)}
     for variable, value in zip(model.weights, averaged):
         np.testing.assert_array_equal(value, moving[variable.path])
     assert any(not np.array_equal(a, w) for a, w in zip(averaged, model.get_weights()))
     path = str(tmp_path / "ema.keras")
-    train.export_inference_model(model, path, averaged)
+    callbacks.export_inference_model(model, path, averaged)
     for saved, value in zip(keras.saving.load_model(path).get_weights(), averaged):
         np.testing.assert_array_equal(saved, value)
 

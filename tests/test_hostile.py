@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 import cache
+import callbacks
 import dataGenerator
 import evaluate
 import inference
@@ -26,18 +27,18 @@ import plots
 import predict
 import runfolder
 import train
-from conftest import ROOT
+import training
+from conftest import ROOT, TINY
 from errors import InputError
 from model_improved import build_improved_unet
 
-TINY = ["--image-size", "32", "32", "--base-filters", "4", "--batch-size", "8", "--verbose", "0"]
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """An untrained 32x32 Improved U-Net saved as train.py saves best.keras."""
     path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
-    train.export_inference_model(build_improved_unet((32, 32), base_filters=4), path)
+    callbacks.export_inference_model(build_improved_unet((32, 32), base_filters=4), path)
     return path
 
 
@@ -187,7 +188,7 @@ def test_links_and_folders_named_like_images_are_ignored_everywhere(tmp_path, ti
 def test_non_finite_weights_are_never_checkpointed(tmp_path):
     inputs = keras.Input((4, 4, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(1, 1, name="conv")(inputs))
-    checkpoint = train.RunCheckpoint(str(tmp_path))
+    checkpoint = callbacks.RunCheckpoint(str(tmp_path))
     checkpoint.set_model(model)
     kernel = model.get_layer("conv").kernel
     kernel.assign(np.full(kernel.shape, np.nan, np.float32))
@@ -203,7 +204,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
 
 def test_diverging_run_saves_nothing_and_says_so(tmp_path, synthetic_dir, capsys, monkeypatch):
     # The issue's `--learning-rate nan`, past the flag check: every weight is NaN after one step.
-    monkeypatch.setattr(train, "make_optimizer", lambda config, steps: keras.optimizers.Adam(float("nan")))
+    monkeypatch.setattr(training, "make_optimizer", lambda config, steps: keras.optimizers.Adam(float("nan")))
     run = str(tmp_path / "run")
     status = train.main(["--data", synthetic_dir, "--out", run, "--epochs", "2", *TINY])
     error = capsys.readouterr().err
@@ -286,11 +287,11 @@ def test_a_damaged_cache_entry_is_rebuilt_with_a_note(damage, synthetic_dir, tmp
 @pytest.mark.parametrize("name", [runfolder.STATE, runfolder.CONFIG, runfolder.LAST])
 def test_resume_with_a_damaged_file_names_it(name, tmp_path, synthetic_dir):
     run = _fake_run(str(tmp_path / "run"), epochs=4, epochs_done=1)
-    config = {**train.resolve_config(train.build_parser().parse_args(["--data", synthetic_dir, "--out", run,
+    config = {**training.resolve_config(train.build_parser().parse_args(["--data", synthetic_dir, "--out", run,
                                                                         *TINY])), "epochs": 4}
     runfolder.save_json(config, os.path.join(run, runfolder.CONFIG))
-    pairs = train.find_run_pairs(config)
-    runfolder.save_json(train.make_split(pairs, config), os.path.join(run, runfolder.SPLIT))
+    pairs = training.find_run_pairs(config)
+    runfolder.save_json(training.make_split(pairs, config), os.path.join(run, runfolder.SPLIT))
     path = os.path.join(run, name)
     if name == runfolder.LAST:  # a real checkpoint, cut short as a full disk or a copy would leave it
         build_improved_unet((32, 32), base_filters=4).save(path)
@@ -302,17 +303,23 @@ def test_resume_with_a_damaged_file_names_it(name, tmp_path, synthetic_dir):
 
 # 11. --resume after the data moved.
 
-def test_resume_takes_moved_data_and_names_ignored_flags(tmp_path, synthetic_dir, capsys):
-    data = tmp_path / "data"
-    shutil.copytree(synthetic_dir, data)
-    run = str(tmp_path / "run")
-    assert train.main(["--data", str(data), "--out", run, "--epochs", "2", *TINY]) == 0
+def _killed_after_epoch_1(basic_run, run):
+    """A copy of the shared 2-epoch run, as if killed after its first epoch; returns its state path."""
+    shutil.copytree(basic_run, run)
     state_path = os.path.join(run, runfolder.STATE)
     with open(state_path) as handle:
         state = json.load(handle)
-    runfolder.save_json({**state, "epochs_done": 1}, state_path)  # as if killed after epoch 1
-    moved = tmp_path / "moved"
-    os.rename(data, moved)
+    runfolder.save_json({**state, "epochs_done": 1}, state_path)
+    return state_path
+
+
+def test_resume_takes_moved_data_and_names_ignored_flags(tmp_path, synthetic_dir, basic_run, capsys):
+    run = str(tmp_path / "run")
+    state_path = _killed_after_epoch_1(basic_run, run)
+    with open(state_path) as handle:
+        state = json.load(handle)
+    moved = tmp_path / "moved"  # the run's data, now in another folder
+    shutil.copytree(synthetic_dir, moved)
     capsys.readouterr()
     assert train.main(["--out", run, "--resume", "--data", str(moved), "--learning-rate", "0.5",
                        "--verbose", "0"]) == 0
@@ -393,15 +400,11 @@ def test_interrupted_overlay_leaves_no_temporary(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_disk_full_while_training_is_one_line_and_resumable(tmp_path, synthetic_dir):
+def test_disk_full_while_training_is_one_line_and_resumable(tmp_path, basic_run):
     import resource
 
     run = str(tmp_path / "run")
-    assert train.main(["--data", synthetic_dir, "--out", run, "--epochs", "2", *TINY]) == 0
-    state_path = os.path.join(run, runfolder.STATE)
-    with open(state_path) as handle:
-        state = json.load(handle)
-    runfolder.save_json({**state, "epochs_done": 1}, state_path)  # as if killed after epoch 1
+    state_path = _killed_after_epoch_1(basic_run, run)
     last_size = os.path.getsize(os.path.join(run, runfolder.LAST))
 
     def small_files():  # files above half a checkpoint cannot be written: the disk is "full"

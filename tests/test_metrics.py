@@ -1,6 +1,5 @@
 """Golden values for the Keras-side and NumPy-side metrics, and agreement with the ISIC scorer."""
 
-import os
 
 import keras
 import numpy as np

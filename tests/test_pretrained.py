@@ -8,15 +8,16 @@ import pytest
 from PIL import Image
 
 import dataGenerator
-import evaluate
 import inference
 import metrics
+import scoring
+import settings
 import synthetic
-from conftest import REAL_DATA, run_script
+from conftest import REAL_DATA, run_main
 
 
 def test_pretrained_model_loads_and_segments_a_synthetic_lesion(tmp_path):
-    model = keras.saving.load_model(inference.DEFAULT_MODEL)  # safe mode, no custom objects
+    model = keras.saving.load_model(settings.DEFAULT_MODEL)  # safe mode, no custom objects
     assert model.name == "improved_unet" and model.input_shape == (None, 128, 128, 3)
     scores = []
     for seed in range(4):
@@ -33,7 +34,7 @@ def test_predict_uses_the_pretrained_model_by_default(tmp_path):
     image, _ = synthetic.make_sample(7)
     path = str(tmp_path / "my_lesion.jpg")
     Image.fromarray(image).save(path)
-    result = run_script("predict.py", path, "--out", str(tmp_path / "masks"), "--no-progress")
+    result = run_main("predict.py", path, "--out", str(tmp_path / "masks"), "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
     mask = np.asarray(Image.open(tmp_path / "masks" / "my_lesion_segmentation.png"))
     assert mask.shape == image.shape[:2] and 0 < (mask == 255).mean() < 1
@@ -43,6 +44,6 @@ def test_predict_uses_the_pretrained_model_by_default(tmp_path):
 def test_pretrained_dice_on_real_test_images():
     pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(REAL_DATA))
     test_ids = dataGenerator.split_pairs(pairs, seed=0)["test"][:50]  # the split it was trained with
-    model = inference.load_model(inference.DEFAULT_MODEL)
-    rows = evaluate.evaluate_pairs(model, dataGenerator.select_pairs(pairs, test_ids), progress=False)
+    model = inference.load_model(settings.DEFAULT_MODEL)
+    rows = scoring.evaluate_pairs(model, dataGenerator.select_pairs(pairs, test_ids), progress=False)
     assert metrics.summarize(rows)["dice"] >= 0.88

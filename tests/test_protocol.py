@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, TINY
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
@@ -35,8 +35,7 @@ def test_zoom_shift_doubles_the_lesion_share_and_keeps_sizes():
 
 def test_cv_protocol_trains_each_fold_then_pools_their_test_splits(tmp_path, synthetic_dir):
     out = str(tmp_path / "cv")
-    train_flags = ["--data", synthetic_dir, "--epochs", "1", "--image-size", "32", "32", "--base-filters", "4",
-                   "--batch-size", "8", "--verbose", "0"]
+    train_flags = ["--data", synthetic_dir, "--epochs", "1", *TINY]
     assert cv_protocol.main(["--out", out, "--folds", "2", "--shifts", "none", "zoom", "--", *train_flags]) == 0
     with open(os.path.join(out, "protocol.md")) as handle:
         lines = handle.read().splitlines()

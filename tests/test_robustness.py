@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import callbacks
 import dataGenerator
 import inference
-import train
-from conftest import ROOT, run_script
+from conftest import ROOT, TINY, run_main
 from errors import InputError
 
 
@@ -130,25 +130,26 @@ def test_nan_loss_stops_training_and_names_the_batch():
     images = np.ones((8, 4, 4, 3), np.float32)
     images[2:] = np.nan  # the second batch of two goes bad
     masks = np.ones((8, 4, 4, 1), np.float32)
-    guard = train.StopOnNonFiniteLoss()
+    guard = callbacks.StopOnNonFiniteLoss()
     history = model.fit(images, masks, batch_size=2, epochs=3, callbacks=[guard], verbose=0, shuffle=False)
     assert guard.where[:2] == (1, 2) and math.isnan(guard.where[2])
     assert len(history.history["loss"]) == 1
 
 
-def test_unwritable_output_folder_is_a_clear_error(tmp_path, synthetic_dir):
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, synthetic_dir, trained_run):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    result = run_script("predict.py", "missing.keras", synthetic_dir, "--out", str(blocker / "sub"))
-    assert result.returncode == 2  # the model is checked first
-    result = run_script("train.py", "--data", synthetic_dir, "--out", str(blocker / "run"), "--epochs", "1")
+    model = os.path.join(trained_run[0], "best.keras")
+    result = run_main("predict.py", model, os.path.join(synthetic_dir, "images"), "--out", str(blocker / "sub"))
+    assert result.returncode == 2 and "a_file/sub: cannot write" in result.stderr and "Traceback" not in result.stderr
+    result = run_main("train.py", "--data", synthetic_dir, "--out", str(blocker / "run"), "--epochs", "1")
     assert result.returncode == 2 and "cannot write" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_kill_9_then_resume_finishes_the_planned_epochs(synthetic_dir, tmp_path):
     run_dir = str(tmp_path / "killed")
-    command = [sys.executable, "train.py", "--data", synthetic_dir, "--out", run_dir, "--epochs", "4",
-               "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "4", "--verbose", "0"]
+    command = [sys.executable, "train.py", "--data", synthetic_dir, "--out", run_dir, "--epochs", "4", *TINY,
+               "--batch-size", "4"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_path = os.path.join(run_dir, "state.json")
     deadline = time.time() + 300
@@ -169,10 +170,10 @@ def test_kill_9_then_resume_finishes_the_planned_epochs(synthetic_dir, tmp_path)
     # sure there is one, so the clean-up on resume is always checked.
     with open(os.path.join(run_dir, "curves.tmp99999.png"), "wb") as handle:
         handle.write(b"half-written")
-    result = run_script("train.py", "--out", run_dir, "--resume", "--verbose", "2")
+    result = run_main("train.py", "--out", run_dir, "--resume", "--verbose", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(run_dir, "history.csv")) as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2", "3"]
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4"]
     assert os.path.isfile(os.path.join(run_dir, "metrics.json"))
     assert not [name for name in os.listdir(run_dir) if ".tmp" in name]
 

@@ -1,0 +1,198 @@
+"""The Keras callbacks of a training run: checkpoints, the history log with its curves, the NaN guard
+and the per-epoch timings."""
+
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+import plots
+import runfolder
+
+
+def averaged_weights(model):
+    """Returns `model`'s weights with each trainable one replaced by the optimizer's moving average
+    (`use_ema=True`), in `model.get_weights()` order; `None` when the optimizer keeps no average."""
+    optimizer = getattr(model, "optimizer", None)
+    if not getattr(optimizer, "use_ema", False) or not hasattr(optimizer, "_model_variables_moving_average"):
+        return None
+    average = {variable.path: mean for variable, mean in
+               zip(optimizer._trainable_variables, optimizer._model_variables_moving_average)}
+    return [keras.ops.convert_to_numpy(average.get(variable.path, variable)) for variable in model.weights]
+
+
+def save_model(model, path):
+    """Saves `model` to `path` atomically: a kill leaves the previous file or none, never half of one."""
+    with runfolder.atomic_write(path) as tmp_path:
+        model.save(tmp_path)
+
+
+def export_inference_model(model, path, weights=None):
+    """Saves an uncompiled copy of `model` (weights and architecture only), atomically.
+
+    Without a compile config the file loads with `keras.saving.load_model(path)` in any process,
+    whether or not this project's losses are importable there.
+
+    Args:
+        model: the model.
+        path: the `.keras` file.
+        weights: the weights to save, in `model.get_weights()` order (default: the model's own).
+    """
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights() if weights is None else weights)
+    save_model(clone, path)
+
+
+def _all_finite(weights):
+    return all(np.isfinite(weight).all() for weight in weights)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After each epoch: `best.keras` when validation Dice improves, then `last.keras` and `state.json`.
+
+    Every file is written to a temporary name and renamed, so a kill at any moment leaves the
+    previous complete files in place. An epoch whose loss or weights are not finite saves nothing:
+    a diverged model is never a checkpoint.
+
+    Args:
+        run_dir: the run folder.
+        best: best validation Dice so far (when resuming).
+        best_epoch: its epoch number (1-based), or 0.
+        on_first_save: called once, after the first `state.json` of this process is written.
+
+    Attributes:
+        saved: whether this process has written a checkpoint yet.
+        diverged: whether an epoch ended with a non-finite loss or weight.
+    """
+
+    def __init__(self, run_dir, best=-math.inf, best_epoch=0, on_first_save=None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.best = best
+        self.best_epoch = best_epoch
+        self.on_first_save = on_first_save
+        self.saved = False
+        self.diverged = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        loss = logs.get("loss")
+        weights = self.model.get_weights()
+        best_weights = averaged_weights(self.model) or weights
+        if (loss is not None and not math.isfinite(loss)) or not _all_finite(weights) \
+                or (best_weights is not weights and not _all_finite(best_weights)):
+            self.diverged = True
+            return  # keep best.keras and last.keras at the last sound epoch
+        value = logs.get("val_dice")
+        if value is not None and math.isfinite(value) and value > self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            export_inference_model(self.model, os.path.join(self.run_dir, runfolder.BEST), best_weights)
+        save_model(self.model, os.path.join(self.run_dir, runfolder.LAST))
+        runfolder.save_json({"epochs_done": epoch + 1, "best_val_dice": self.best, "best_epoch": self.best_epoch},
+                            os.path.join(self.run_dir, runfolder.STATE))
+        if not self.saved and self.on_first_save is not None:
+            self.on_first_save()
+        self.saved = True
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, remembering where.
+
+    Keras's `TerminateOnNaN` stops too, but keeps no record of the epoch, batch and loss for the
+    run's final message.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.where = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.where = (self._epoch + 1, batch + 1, float(loss))
+            self.model.stop_training = True
+
+
+class HistoryLog(keras.callbacks.CSVLogger):
+    """Appends each epoch to `history.csv`, numbered from 1 as the console and `state.json` count,
+    then redraws `curves.png` from the whole file (earlier epochs of a resumed run included).
+
+    Args:
+        run_dir: the run folder.
+        title: the figure's title.
+        append: continue an existing `history.csv` (when resuming).
+    """
+
+    def __init__(self, run_dir, title, append=False):
+        super().__init__(os.path.join(run_dir, runfolder.HISTORY), append=append)
+        self.run_dir, self.title = run_dir, title
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+        history = plots.read_history(self.filename)
+        if history:
+            plots.save_curves(history, os.path.join(self.run_dir, runfolder.CURVES), self.title)
+
+
+class EpochTiming(keras.callbacks.Callback):
+    """Adds wall-clock timings to each epoch's logs, and so to `history.csv`.
+
+    They are what README's time-to-accuracy numbers are read from:
+
+    - `elapsed_s`: seconds from `start` (when the run began) to the end of the epoch.
+    - `train_s`, `val_s`: the epoch's training and validation wall time.
+    - `steps_s`: the sum of its training step times; `step_max_s`: the slowest step.
+    - `stall_s`: `train_s - steps_s`, time the training loop spent outside its steps (waiting for
+      input between steps, epoch-end stalls).
+
+    Args:
+        start: `time.perf_counter()` value at which the run started.
+    """
+
+    KEYS = ("elapsed_s", "train_s", "val_s", "steps_s", "step_max_s", "stall_s")
+
+    def __init__(self, start):
+        super().__init__()
+        self.start = start
+        self._steps = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._steps = []
+        self._val_start = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps.append(time.perf_counter() - self._step_start)
+
+    def on_test_begin(self, logs=None):
+        if self._val_start is None and self._steps:  # validation inside fit(), not evaluate()
+            self._val_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not self._steps:
+            return
+        now = time.perf_counter()
+        train_end = self._val_start or now
+        train_s = train_end - self._epoch_start
+        logs["elapsed_s"] = now - self.start
+        logs["train_s"] = train_s
+        logs["val_s"] = now - train_end
+        logs["steps_s"] = sum(self._steps)
+        logs["step_max_s"] = max(self._steps)
+        logs["stall_s"] = train_s - logs["steps_s"]
+
+
+class ProgressWithoutTimings(keras.callbacks.ProgbarLogger):
+    """Keras's progress output, without `EpochTiming`'s columns (they go to `history.csv`)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items() if k not in EpochTiming.KEYS})

@@ -1,0 +1,218 @@
+"""Scores predicted masks against the ground truth, per image, at each mask's own resolution.
+
+The library behind `evaluate.py` and the test report of `training.py`: a model's predictions
+(`evaluate_pairs`) or a folder of masks from any tool (`score_mask_folder`) become one row of
+`metrics.REPORT_METRICS` per image; `write_report` saves them as `metrics.json` and `per_image.csv`.
+"""
+
+import csv
+import os
+
+import dataGenerator
+import inference
+import metrics
+import plots
+import runfolder
+import settings
+from errors import InputError
+
+
+def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, threshold=0.5, progress=True):
+    """Scores a model on image/mask pairs, one row of metrics per image.
+
+    Args:
+        model: a segmentation model with a fixed input size.
+        pairs: list of `dataGenerator.Pair`.
+        batch_size: images per model call.
+        tta: flip test-time augmentation.
+        postprocess: keep the largest region and fill holes.
+        threshold: probability threshold.
+        progress: show a progress bar.
+
+    Returns:
+        A list of dicts: `id`, each of `metrics.REPORT_METRICS` and `lesion_fraction` (the true
+        lesion's share of the image), in the order of `pairs`.
+
+    Raises:
+        InputError: a file cannot be read, or a mask's size differs from its image's.
+    """
+    predictions = inference.predict_files(model, [p.image_path for p in pairs], batch_size, tta,
+                                          progress, desc="Evaluating")
+    return [score_prediction(pair, inference.to_mask(probability, threshold, postprocess), "its image")
+            for pair, (_, probability) in zip(pairs, predictions)]
+
+
+def score_prediction(pair, prediction, source):
+    """Scores one predicted mask against the pair's ground truth: one row of `evaluate_pairs`.
+
+    Args:
+        pair: a `dataGenerator.Pair`.
+        prediction: boolean mask at the image's own size.
+        source: what the prediction's size comes from, for the error message.
+
+    Raises:
+        InputError: the sizes differ.
+    """
+    truth = dataGenerator.read_mask(pair.mask_path)
+    if truth.shape != prediction.shape:
+        raise InputError(
+            f"{pair.mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but {source} is "
+            f"{prediction.shape[1]}x{prediction.shape[0]}; masks must match their images")
+    return {"id": pair.id, **metrics.score_masks(prediction, truth), "lesion_fraction": metrics.lesion_fraction(truth)}
+
+
+def score_mask_folder(predictions_dir, pairs):
+    """Scores a folder of predicted masks, `<id>_segmentation.png` as `predict.py` writes them (any
+    tool's 0/255 masks at the images' size will do), against the pairs' ground truth.
+
+    Args:
+        predictions_dir: the folder of predicted masks.
+        pairs: list of `dataGenerator.Pair`, the ground truth.
+
+    Returns:
+        Rows as `evaluate_pairs` gives them.
+
+    Raises:
+        InputError: the folder is missing, or lacks a mask for some pair.
+    """
+    if not os.path.isdir(predictions_dir):
+        raise InputError(f"{predictions_dir}: predictions folder not found")
+    paths = [os.path.join(predictions_dir, pair.id + settings.MASK_SUFFIX) for pair in pairs]
+    missing = [pair.id for pair, path in zip(pairs, paths) if not os.path.isfile(path)]
+    if missing:
+        raise InputError(f"{predictions_dir}: no predicted mask for {len(missing)} of {len(pairs)} image(s) "
+                         f"(expected <id>{settings.MASK_SUFFIX}): {dataGenerator.listed(missing)}")
+    return [score_prediction(pair, dataGenerator.read_mask(path).astype(bool), path) for pair, path in zip(pairs, paths)]
+
+
+BEST_MEDIAN_WORST = (("best", 1.0), ("median", 0.5), ("worst", 0.0))
+
+
+def pick_cases(rows, quantiles=BEST_MEDIAN_WORST):
+    """Returns `[(label, row)]`: for each `(label, q)`, the row at quantile `q` of Dice."""
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])
+    return [(label, rows[order[round(q * (len(order) - 1))]]) for label, q in quantiles]
+
+
+def save_cases(model, pairs, rows, path, tta=False, postprocess=False, threshold=0.5, title="Test cases",
+               quantiles=BEST_MEDIAN_WORST):
+    """Draws cases picked by `pick_cases` (image, ground truth, prediction) to `path`."""
+    by_id = {pair.id: pair for pair in pairs}
+    cases = []
+    for label, row in pick_cases(rows, quantiles):
+        pair = by_id[row["id"]]
+        _, probability = next(inference.predict_files(model, [pair.image_path], 1, tta, progress=False))
+        cases.append({
+            "label": label, "id": row["id"], "dice": row["dice"],
+            "image": dataGenerator.read_image(pair.image_path),
+            "truth": dataGenerator.read_mask(pair.mask_path).astype(bool),
+            "prediction": inference.to_mask(probability, threshold, postprocess),
+        })
+    plots.save_cases_figure(cases, path, title)
+
+
+def write_report(rows, out_dir, settings):
+    """Writes `metrics.json` (means, medians, image count, settings) and `per_image.csv`.
+
+    Returns:
+        The summary dict written to `metrics.json`.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    summary = {**metrics.summarize(rows), "settings": settings}
+    runfolder.save_json(summary, os.path.join(out_dir, "metrics.json"))
+    csv_path = os.path.join(out_dir, "per_image.csv")
+    with runfolder.atomic_write(csv_path) as tmp_path, open(tmp_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", *metrics.REPORT_METRICS, "lesion_fraction"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value) for key, value in row.items()})
+    return summary
+
+
+def format_table(summary):
+    """Returns the summary as a small text table: mean and median of each metric, then the means
+    by lesion size (the true lesion's share of the image) when the summary has them."""
+    lines = [f"{'metric':<18}{'mean':>8}{'median':>9}"]
+    for name in metrics.REPORT_METRICS:
+        lines.append(f"{name:<18}{summary[name]:>8.4f}{summary['median'][name]:>9.4f}")
+    lines.append(f"{'images':<18}{summary['n_images']:>8d}")
+    if "by_size" in summary:
+        lines.append("")
+        lines.append(f"{'lesion size':<12}{'images':>7}" + "".join(f"{name:>18}" for name in metrics.BAND_METRICS))
+        for band, values in summary["by_size"].items():
+            cells = "".join(f"{'-':>18}" if values[name] is None else f"{values[name]:>18.4f}"
+                            for name in metrics.BAND_METRICS)
+            lines.append(f"{band:<12}{values['n_images']:>7d}{cells}")
+    return "\n".join(lines)
+
+
+def resolve_target(target, data, images, masks, skip_unpaired, split_name="test"):
+    """Finds the model file and the pairs to score from the command line.
+
+    With a run folder and no data arguments, the pairs are the run's `split_name` split.
+
+    Returns:
+        `(model_path, pairs, description, default_out_dir)`.
+
+    Raises:
+        InputError: the target or data folders are missing or inconsistent.
+    """
+    has_data = data is not None or images is not None or masks is not None
+    if target is None:
+        target = settings.DEFAULT_MODEL
+        if not os.path.isfile(target):
+            raise InputError(f"{target}: no model given and the pre-trained model is missing; "
+                             "pass a .keras file or a run folder")
+    if not os.path.exists(target):
+        raise InputError(f"{target}: no such run folder or model file")
+    if os.path.isdir(target):
+        model_path = os.path.join(target, runfolder.BEST)
+        if not os.path.isfile(model_path):
+            raise InputError(f"{target}: not a run folder (no best.keras); pass a run folder or a .keras file")
+        if has_data:
+            folders = dataGenerator.resolve_folders(data, images, masks)
+            return model_path, dataGenerator.find_pairs(*folders, skip_unpaired), \
+                f"every pair in {folders[0]}", os.path.join(target, "evaluation")
+        config = runfolder.read_config(target)
+        folders = dataGenerator.resolve_folders(None, config["images"], config["masks"])
+        pairs = dataGenerator.find_pairs(*folders, skip_unpaired=True)
+        split = dataGenerator.load_split(os.path.join(target, runfolder.SPLIT))
+        pairs = dataGenerator.select_pairs(pairs, split[split_name], os.path.join(target, runfolder.SPLIT))
+        out = os.path.join(target, "evaluation" if split_name == "test" else f"evaluation_{split_name}")
+        return model_path, pairs, f"the {split_name} split of {target}", out
+    if not has_data:
+        raise InputError(f"{target}: a model file alone names no images; add --data DIR "
+                         "(or --images DIR --masks DIR), or pass a run folder")
+    folders = dataGenerator.resolve_folders(data, images, masks)
+    return target, dataGenerator.find_pairs(*folders, skip_unpaired), f"every pair in {folders[0]}", "evaluation"
+
+
+def evaluate_run(run_dir, split="test", tta=None, postprocess=None, threshold=settings.DEFAULT_THRESHOLD,
+                 batch_size=16, progress=False):
+    """Scores a run folder's `best.keras` on one of its splits, with the run's own inference settings.
+
+    Args:
+        run_dir: a run folder of `train.py`.
+        split: `"test"`, `"val"` or `"train"`.
+        tta, postprocess: override the run's settings (`None`: as in its `config.json`).
+        threshold: probability threshold.
+        batch_size: images per model call.
+        progress: show a progress bar.
+
+    Returns:
+        A dict: `model`, `pairs`, `rows` (as `evaluate_pairs` gives them), `summary`
+        (`metrics.summarize`), `description` and `options` (the inference settings used).
+
+    Raises:
+        InputError: the run folder is incomplete or its data has moved.
+    """
+    model_path, pairs, description, _ = resolve_target(run_dir, None, None, None, True, split)
+    config = runfolder.read_config(run_dir)
+    options = dict(tta=config.get("tta", settings.DEFAULT_TTA) if tta is None else tta,
+                   postprocess=config.get("postprocess", settings.DEFAULT_POSTPROCESS) if postprocess is None
+                   else postprocess, threshold=threshold)
+    model = inference.load_model(model_path)
+    rows = evaluate_pairs(model, pairs, batch_size, progress=progress, **options)
+    return {"model": model, "pairs": pairs, "rows": rows, "summary": metrics.summarize(rows),
+            "description": description, "options": options}
+
