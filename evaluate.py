@@ -24,7 +24,7 @@ def build_parser():
         description="Report per-image Dice, Jaccard, ISIC thresholded Jaccard, sensitivity, "
                     "specificity and accuracy of a saved model.")
     parser.add_argument("target", nargs="?", default=None,
-                        help="a run folder (evaluates its test split) or a .keras model "
+                        help="a run folder (evaluates its test split) or a .keras or .onnx model "
                              "(default: the pre-trained model, pretrained/improved_unet.keras)")
     cliargs.add_data_arguments(parser)
     parser.add_argument("--out", default=None,
@@ -44,15 +44,15 @@ def build_parser():
 
 def evaluate_predictions(args):
     """`--predictions`: scores a folder of masks against the data folders; no model runs."""
-    import dataGenerator
+    import lesion_files
     import scoring
 
     if args.target is not None:
         raise InputError(f"{args.target}: --predictions scores masks, not a model; drop the model argument")
     if args.data is None and args.images is None and args.masks is None:
         raise InputError("--predictions needs the ground truth: --data DIR (or --images DIR --masks DIR)")
-    folders = dataGenerator.resolve_folders(args.data, args.images, args.masks)
-    pairs = dataGenerator.find_pairs(*folders, args.skip_unpaired)
+    folders = lesion_files.resolve_folders(args.data, args.images, args.masks)
+    pairs = lesion_files.find_pairs(*folders, args.skip_unpaired)
     out_dir = args.out or "evaluation"
     if runfolder.is_run_folder(out_dir):
         raise InputError(f"--out {out_dir}: a run folder of train.py; choose another --out")
@@ -65,11 +65,12 @@ def evaluate_predictions(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    import quiet  # Keras loads only now that the arguments are known to be good
-
-    quiet.import_keras()
-    if args.predictions is not None:
+    if args.predictions is not None:  # scores masks: no model, no Keras
         return evaluate_predictions(args)
+    if not (args.target or "").lower().endswith(".onnx"):  # ONNX Runtime runs an exported model without Keras
+        import quiet  # Keras loads only now that the arguments are known to be good
+
+        quiet.import_keras()
     import inference
     import scoring
 
@@ -87,8 +88,8 @@ def main(argv=None):
     options = dict(tta=args.tta, postprocess=args.postprocess, threshold=args.threshold)
     rows = scoring.evaluate_pairs(model, pairs, args.batch_size, progress=not args.no_progress, **options)
     summary = scoring.write_report(rows, out_dir, {"model": model_path, "images": description, **options})
-    scoring.save_cases(model, pairs, rows, os.path.join(out_dir, runfolder.CASES), title=f"{description}: best, median, worst",
-               **options)
+    scoring.save_cases(model, pairs, rows, os.path.join(out_dir, runfolder.CASES),
+                       title=f"{description}: best, median, worst", **options)
     print(scoring.format_table(summary))
     print(f"wrote {os.path.join(out_dir, 'metrics.json')}, per_image.csv and cases.png")
 

@@ -9,13 +9,12 @@ import json
 import os
 import zipfile
 
-import keras
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from dataGenerator import image_size_of, read_image
+from lesion_files import image_size_of, read_image
 from errors import InputError
 
 # Serialized Python code in a .keras config: a Lambda layer, or a lambda passed as an argument.
@@ -42,22 +41,72 @@ def _carries_code(path):
     return False
 
 
-def load_model(path):
-    """Loads a `.keras` model with safe mode on, checking it takes RGB images.
+class OnnxModel:
+    """An exported model (`export.py`) run by ONNX Runtime, with the part of `keras.Model`'s interface
+    that this module uses: `predict_on_batch`, `input_shape`, `output_shape`, `name`. Loading it
+    imports neither Keras nor TensorFlow.
 
     Args:
-        path: a `.keras` file.
-
-    Returns:
-        The `keras.Model`, uncompiled.
+        path: the `.onnx` file.
 
     Raises:
-        InputError: the file is missing, is not a Keras model, carries code that safe mode refuses
+        InputError: ONNX Runtime is missing, or cannot read the file.
+    """
+
+    def __init__(self, path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise InputError(f"{path}: running an ONNX model needs ONNX Runtime; pip install onnxruntime") from None
+        try:
+            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ONNX Runtime's own error types; all mean "cannot use this file"
+            raise InputError(f"{path}: cannot load this ONNX model ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        (source,), (result,) = self.session.get_inputs(), self.session.get_outputs()
+        self.input_name = source.name
+        self.input_shape = tuple(side if isinstance(side, int) else None for side in source.shape)
+        self.output_shape = tuple(side if isinstance(side, int) else None for side in result.shape)
+        self.name = os.path.splitext(os.path.basename(path))[0]
+
+    def predict_on_batch(self, images):
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+
+def _check_shapes(model, path):
+    shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
+    if shape is None or len(shape) != 4 or shape[-1] != 3 or tuple(model.output_shape)[-1] != 1:
+        raise InputError(
+            f"{path}: the model takes {model.input_shape} and gives {model.output_shape}; "
+            "expected (batch, height, width, 3) RGB images and a (batch, height, width, 1) mask"
+        )
+    if None in shape[1:3]:
+        raise InputError(f"{path}: the model takes images of any size; these tools need a model with a "
+                         "fixed input size, as train.py saves")
+    return model
+
+
+def load_model(path):
+    """Loads a `.keras` model with safe mode on, or an `.onnx` one with ONNX Runtime, checking that
+    it takes RGB images of a fixed size.
+
+    Args:
+        path: a `.keras` file, or an `.onnx` file written by `export.py`.
+
+    Returns:
+        The `keras.Model`, uncompiled, or an `OnnxModel`.
+
+    Raises:
+        InputError: the file is missing, is not a model, carries code that safe mode refuses
             (a `Lambda` layer), does not map `(h, w, 3)` images to `(h, w, 1)` masks, or has no
             fixed input size.
     """
     if not os.path.isfile(path):
-        raise InputError(f"{path}: model file not found; pass a .keras file or a run folder")
+        raise InputError(f"{path}: model file not found; pass a .keras or .onnx file or a run folder")
+    if path.lower().endswith(".onnx"):
+        return _check_shapes(OnnxModel(path), path)
+    import keras
+
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a Keras model (.keras files are zip archives); pass a .keras file")
     if _carries_code(path):
@@ -71,16 +120,7 @@ def load_model(path):
         text = str(error)
         raise InputError(f"{path}: cannot load this Keras model ({type(error).__name__}: "
                          f"{text.splitlines()[0] if text else ''})") from None
-    shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
-    if shape is None or len(shape) != 4 or shape[-1] != 3 or tuple(model.output_shape)[-1] != 1:
-        raise InputError(
-            f"{path}: the model takes {model.input_shape} and gives {model.output_shape}; "
-            "expected (batch, height, width, 3) RGB images and a (batch, height, width, 1) mask"
-        )
-    if None in shape[1:3]:
-        raise InputError(f"{path}: the model takes images of any size; these tools need a model with a "
-                         "fixed input size, as train.py saves")
-    return model
+    return _check_shapes(model, path)
 
 
 def model_image_size(model):

@@ -2,6 +2,7 @@
 
     python predict.py my_lesion.jpg --out masks/                 # the pre-trained model
     python predict.py runs/my_run/best.keras images/ --out masks/ --overlay
+    python predict.py best.onnx images/ --out masks/             # ONNX Runtime; no TensorFlow needed
 
 Writes `<id>_segmentation.png` for each image: single-channel, 0 (skin) / 255 (lesion), at the image's
 own size (the ISIC submission format); with `--overlay`, also `<id>_overlay.png`, the outline drawn on
@@ -85,9 +86,10 @@ def write_mask(mask, path):
 
 
 def split_inputs(argv_inputs):
-    """Splits positional inputs into `(model_path, images)`: a leading `.keras` file or run folder is the model."""
+    """Splits positional inputs into `(model_path, images)`: a leading `.keras` or `.onnx` file or a
+    run folder is the model."""
     first = argv_inputs[0]
-    if first.endswith(".keras"):
+    if first.lower().endswith((".keras", ".onnx")):
         return first, argv_inputs[1:]
     if runfolder.is_run_folder(first) or os.path.isfile(os.path.join(first, runfolder.BEST)):
         model_path = os.path.join(first, runfolder.BEST)
@@ -103,7 +105,7 @@ def build_parser():
         description="Write <id>_segmentation.png lesion masks (0/255, each image's own size).",
         usage="%(prog)s [MODEL] INPUT [INPUT ...] [--out DIR]")
     parser.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT",
-                        help="an optional .keras model or run folder (default: the pre-trained "
+                        help="an optional .keras or .onnx model or run folder (default: the pre-trained "
                              "model), then image files or folders")
     parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     parser.add_argument("--overlay", action="store_true", help="also write <id>_overlay.png, the outline on the image")
@@ -116,11 +118,12 @@ def main(argv=None):
     model_path, inputs = split_inputs(args.inputs)
     if not inputs:
         raise InputError("no input images given; pass image files or folders after the model")
-    import quiet  # Keras loads only now that the arguments are known to be good
+    if not model_path.lower().endswith(".onnx"):  # ONNX Runtime runs an exported model without Keras
+        import quiet  # Keras loads only now that the arguments are known to be good
 
-    quiet.import_keras()
-    import dataGenerator
+        quiet.import_keras()
     import inference
+    import lesion_files
     import plots
 
     model = inference.load_model(model_path)
@@ -130,11 +133,11 @@ def main(argv=None):
                                           full_size=False)
     for path, probability in predictions:
         sample_id = sample_id_of(path)
-        mask = inference.probability_to_mask(probability, dataGenerator.image_size_of(path), args.threshold,
+        mask = inference.probability_to_mask(probability, lesion_files.image_size_of(path), args.threshold,
                                              args.postprocess)
         write_mask(mask, os.path.join(args.out, f"{sample_id}_segmentation.png"))
         if args.overlay:
-            plots.save_overlay(dataGenerator.read_image(path), mask, os.path.join(args.out, f"{sample_id}_overlay.png"))
+            plots.save_overlay(lesion_files.read_image(path), mask, os.path.join(args.out, f"{sample_id}_overlay.png"))
     print(f"wrote {len(paths)} mask(s) to {os.path.normpath(args.out)} with {model_path}")
 
 

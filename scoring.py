@@ -8,8 +8,8 @@ The library behind `evaluate.py` and the test report of `training.py`: a model's
 import csv
 import os
 
-import dataGenerator
 import inference
+import lesion_files
 import metrics
 import plots
 import runfolder
@@ -22,7 +22,7 @@ def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, th
 
     Args:
         model: a segmentation model with a fixed input size.
-        pairs: list of `dataGenerator.Pair`.
+        pairs: list of `lesion_files.Pair`.
         batch_size: images per model call.
         tta: flip test-time augmentation.
         postprocess: keep the largest region and fill holes.
@@ -46,14 +46,14 @@ def score_prediction(pair, prediction, source):
     """Scores one predicted mask against the pair's ground truth: one row of `evaluate_pairs`.
 
     Args:
-        pair: a `dataGenerator.Pair`.
+        pair: a `lesion_files.Pair`.
         prediction: boolean mask at the image's own size.
         source: what the prediction's size comes from, for the error message.
 
     Raises:
         InputError: the sizes differ.
     """
-    truth = dataGenerator.read_mask(pair.mask_path)
+    truth = lesion_files.read_mask(pair.mask_path)
     if truth.shape != prediction.shape:
         raise InputError(
             f"{pair.mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but {source} is "
@@ -67,7 +67,7 @@ def score_mask_folder(predictions_dir, pairs):
 
     Args:
         predictions_dir: the folder of predicted masks.
-        pairs: list of `dataGenerator.Pair`, the ground truth.
+        pairs: list of `lesion_files.Pair`, the ground truth.
 
     Returns:
         Rows as `evaluate_pairs` gives them.
@@ -81,8 +81,8 @@ def score_mask_folder(predictions_dir, pairs):
     missing = [pair.id for pair, path in zip(pairs, paths) if not os.path.isfile(path)]
     if missing:
         raise InputError(f"{predictions_dir}: no predicted mask for {len(missing)} of {len(pairs)} image(s) "
-                         f"(expected <id>{settings.MASK_SUFFIX}): {dataGenerator.listed(missing)}")
-    return [score_prediction(pair, dataGenerator.read_mask(path).astype(bool), path) for pair, path in zip(pairs, paths)]
+                         f"(expected <id>{settings.MASK_SUFFIX}): {lesion_files.listed(missing)}")
+    return [score_prediction(pair, lesion_files.read_mask(path).astype(bool), path) for pair, path in zip(pairs, paths)]
 
 
 BEST_MEDIAN_WORST = (("best", 1.0), ("median", 0.5), ("worst", 0.0))
@@ -104,8 +104,8 @@ def save_cases(model, pairs, rows, path, tta=False, postprocess=False, threshold
         _, probability = next(inference.predict_files(model, [pair.image_path], 1, tta, progress=False))
         cases.append({
             "label": label, "id": row["id"], "dice": row["dice"],
-            "image": dataGenerator.read_image(pair.image_path),
-            "truth": dataGenerator.read_mask(pair.mask_path).astype(bool),
+            "image": lesion_files.read_image(pair.image_path),
+            "truth": lesion_files.read_mask(pair.mask_path).astype(bool),
             "prediction": inference.to_mask(probability, threshold, postprocess),
         })
     plots.save_cases_figure(cases, path, title)
@@ -170,21 +170,21 @@ def resolve_target(target, data, images, masks, skip_unpaired, split_name="test"
         if not os.path.isfile(model_path):
             raise InputError(f"{target}: not a run folder (no best.keras); pass a run folder or a .keras file")
         if has_data:
-            folders = dataGenerator.resolve_folders(data, images, masks)
-            return model_path, dataGenerator.find_pairs(*folders, skip_unpaired), \
+            folders = lesion_files.resolve_folders(data, images, masks)
+            return model_path, lesion_files.find_pairs(*folders, skip_unpaired), \
                 f"every pair in {folders[0]}", os.path.join(target, "evaluation")
         config = runfolder.read_config(target)
-        folders = dataGenerator.resolve_folders(None, config["images"], config["masks"])
-        pairs = dataGenerator.find_pairs(*folders, skip_unpaired=True)
-        split = dataGenerator.load_split(os.path.join(target, runfolder.SPLIT))
-        pairs = dataGenerator.select_pairs(pairs, split[split_name], os.path.join(target, runfolder.SPLIT))
+        folders = lesion_files.resolve_folders(None, config["images"], config["masks"])
+        pairs = lesion_files.find_pairs(*folders, skip_unpaired=True)
+        split = lesion_files.load_split(os.path.join(target, runfolder.SPLIT))
+        pairs = lesion_files.select_pairs(pairs, split[split_name], os.path.join(target, runfolder.SPLIT))
         out = os.path.join(target, "evaluation" if split_name == "test" else f"evaluation_{split_name}")
         return model_path, pairs, f"the {split_name} split of {target}", out
     if not has_data:
         raise InputError(f"{target}: a model file alone names no images; add --data DIR "
                          "(or --images DIR --masks DIR), or pass a run folder")
-    folders = dataGenerator.resolve_folders(data, images, masks)
-    return target, dataGenerator.find_pairs(*folders, skip_unpaired), f"every pair in {folders[0]}", "evaluation"
+    folders = lesion_files.resolve_folders(data, images, masks)
+    return target, lesion_files.find_pairs(*folders, skip_unpaired), f"every pair in {folders[0]}", "evaluation"
 
 
 def evaluate_run(run_dir, split="test", tta=None, postprocess=None, threshold=settings.DEFAULT_THRESHOLD,

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import dataGenerator
+import lesion_files
 from dataGenerator import InputError, LesionDataset, find_pairs, read_image, read_mask, split_pairs
 
 
@@ -258,7 +259,7 @@ def test_a_bug_while_decoding_is_not_blamed_on_the_file(tmp_path, monkeypatch):
     def broken(image):
         raise TypeError("a bug in our own code")
 
-    monkeypatch.setattr(dataGenerator, "_to_rgb", broken)
+    monkeypatch.setattr(lesion_files, "_to_rgb", broken)
     with pytest.raises(TypeError, match="our own code"):  # not "replace or remove the file"
         read_image(str(path))
 

@@ -1,0 +1,108 @@
+"""export.py to ONNX, and predict.py / evaluate.py running the exported model with ONNX Runtime,
+without TensorFlow: the same probabilities and masks as the Keras model."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import inference
+import lesion_files
+import settings
+from conftest import REAL_DATA, run_main, run_script
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.xdist_group("onnx")  # with -n: one worker exports once
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    """The shared tiny run's best.keras, exported with export.py's defaults (beside it, in a copy)."""
+    import shutil
+
+    run = str(tmp_path_factory.mktemp("onnx") / "run")
+    shutil.copytree(trained_run[0], run)
+    result = run_main("export.py", run, "--format", "onnx")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run, os.path.join(run, "best.onnx")
+
+
+def test_export_writes_the_model_and_its_pipeline(exported):
+    run, onnx_path = exported
+    with open(onnx_path + ".json") as handle:
+        description = json.load(handle)
+    assert description["input"]["shape"] == ["batch", 32, 32, 3] and description["input"]["channel_order"] == "RGB"
+    assert description["output"]["shape"] == ["batch", 32, 32, 1]
+    assert description["mask"]["threshold"] == 0.5 and "largest" in description["mask"]["postprocess"]
+    assert not [name for name in os.listdir(run) if ".tmp" in name]
+
+
+def test_onnx_probabilities_match_keras(exported, synthetic_dir):
+    run, onnx_path = exported
+    keras_model = inference.load_model(os.path.join(run, "best.keras"))
+    onnx_model = inference.load_model(onnx_path)
+    assert onnx_model.input_shape[1:] == (32, 32, 3)
+    pairs = lesion_files.find_pairs(*lesion_files.resolve_folders(synthetic_dir))
+    images = np.stack([lesion_files.read_image(p.image_path, (32, 32)) for p in pairs]).astype(np.float32) / 255
+    for tta in (False, True):
+        difference = np.abs(inference.predict_batch(onnx_model, images, tta) - inference.predict_batch(keras_model, images, tta))
+        assert difference.max() <= 1e-4, (tta, difference.max())
+
+
+def test_predict_with_onnx_imports_no_tensorflow_and_writes_the_same_masks(exported, synthetic_dir, tmp_path):
+    run, onnx_path = exported
+    images = os.path.join(synthetic_dir, "images")
+    code = ("import sys, predict\n"
+            f"predict.main([{onnx_path!r}, {images!r}, '--out', {str(tmp_path / 'onnx')!r}, '--no-progress'])\n"
+            "print(sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules)))\n")
+    result = run_script("-c", code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert run_main("predict.py", os.path.join(run, "best.keras"), images, "--out", str(tmp_path / "keras"),
+                    "--no-progress").returncode == 0
+    names = sorted(os.listdir(tmp_path / "keras"))
+    assert names == sorted(os.listdir(tmp_path / "onnx")) and len(names) == 24
+    same = [np.mean(np.asarray(Image.open(tmp_path / "onnx" / n)) == np.asarray(Image.open(tmp_path / "keras" / n)))
+            for n in names]
+    assert min(same) >= 0.999
+
+
+def test_evaluate_with_onnx_scores_as_keras(exported, synthetic_dir, tmp_path):
+    run, onnx_path = exported
+    rows = {}
+    for name, model in (("onnx", onnx_path), ("keras", os.path.join(run, "best.keras"))):
+        result = run_main("evaluate.py", model, "--data", synthetic_dir, "--out", str(tmp_path / name), "--no-progress")
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(tmp_path / name / "per_image.csv") as handle:
+            rows[name] = list(csv.DictReader(handle))
+    assert len(rows["onnx"]) == 24
+    for got, want in zip(rows["onnx"], rows["keras"]):
+        assert got["id"] == want["id"] and float(got["dice"]) == pytest.approx(float(want["dice"]), abs=2e-3)
+
+
+def test_export_errors_are_one_line(tmp_path):
+    result = run_main("export.py", str(tmp_path / "missing.keras"))
+    assert result.returncode == 2 and "missing.keras: no such run folder or model file" in result.stderr
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    result = run_main("predict.py", str(bad), str(tmp_path), "--out", str(tmp_path / "m"))
+    assert result.returncode == 2 and "bad.onnx: cannot load this ONNX model" in result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=f"real data not found at {REAL_DATA}")
+def test_pretrained_onnx_matches_keras_on_real_images(tmp_path):
+    onnx_path = str(tmp_path / "improved_unet.onnx")
+    assert run_main("export.py", "--out", onnx_path).returncode == 0
+    pairs = lesion_files.find_pairs(*lesion_files.resolve_folders(REAL_DATA))
+    test = lesion_files.select_pairs(pairs, lesion_files.split_pairs(pairs, seed=0)["test"][:40])
+    keras_model, onnx_model = inference.load_model(settings.DEFAULT_MODEL), inference.load_model(onnx_path)
+    paths = [pair.image_path for pair in test]
+    worst, same = 0.0, []
+    for (_, want), (_, got) in zip(inference.predict_files(keras_model, paths, progress=False),
+                                   inference.predict_files(onnx_model, paths, progress=False)):
+        worst = max(worst, float(np.abs(got - want).max()))
+        same.append(np.mean(inference.to_mask(got, postprocess=True) == inference.to_mask(want, postprocess=True)))
+    assert worst <= 1e-4 and min(same) >= 0.999, (worst, min(same))
