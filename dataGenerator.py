@@ -17,7 +17,12 @@ import random
 import sys
 import threading
 
-import keras
+if __name__ == "__main__":  # run as a script: load Keras through the noise filter before the import below
+    import quiet
+
+    quiet.import_keras()
+
+import keras  # noqa: E402
 import numpy as np
 from tqdm.auto import tqdm
 

@@ -11,7 +11,12 @@ Run `python model_basic.py` to print the summary and parameter count.
 import argparse
 import os
 
-import keras
+if __name__ == "__main__":  # run as a script: load Keras through the noise filter before the import below
+    import quiet
+
+    quiet.import_keras()
+
+import keras  # noqa: E402
 from keras import layers
 
 from model_improved import check_image_size

@@ -16,7 +16,12 @@ Run `python model_improved.py` to print the summary and parameter count.
 import argparse
 import os
 
-import keras
+if __name__ == "__main__":  # run as a script: load Keras through the noise filter before the import below
+    import quiet
+
+    quiet.import_keras()
+
+import keras  # noqa: E402
 from keras import layers
 
 LEAKY_SLOPE = 0.01

@@ -206,6 +206,9 @@ def test_scripts_are_quiet_but_real_warnings_pass(trained_run, synthetic_dir, tm
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr == "" and result.stdout.startswith("wrote 1 mask(s)")
+    summary = subprocess.run([sys.executable, "model_basic.py", "--base-filters", "2"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)  # a script that imports Keras at the top
+    assert summary.returncode == 0 and summary.stderr == "" and "basic_unet" in summary.stdout, summary.stderr[-2000:]
     loud = subprocess.run(command, cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"}, capture_output=True,
                           text=True, timeout=300)
     assert loud.returncode == 0 and quiet.NOISE.search(loud.stderr)  # the filter had something to filter
