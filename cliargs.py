@@ -72,7 +72,8 @@ def explicit_flags(parser, argv):
     return {dest for dest, value in vars(parsed).items() if value is not _UNSET}
 
 
-def _on_off(value):
+def on_off(value):
+    """`"on"` or `"off"`, for the defaults that help texts name."""
     return "on" if value else "off"
 
 
@@ -98,8 +99,8 @@ def add_inference_arguments(parser):
     parser.add_argument("--threshold", type=float_range(0, 1), default=settings.DEFAULT_THRESHOLD,
                         help="probability threshold, 0 to 1 (default: %(default)s)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=settings.DEFAULT_TTA,
-                        help=f"average predictions over flips (default: {_on_off(settings.DEFAULT_TTA)})")
+                        help=f"average predictions over flips (default: {on_off(settings.DEFAULT_TTA)})")
     parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=settings.DEFAULT_POSTPROCESS,
                         help="keep the largest lesion region and fill its holes "
-                             f"(default: {_on_off(settings.DEFAULT_POSTPROCESS)})")
+                             f"(default: {on_off(settings.DEFAULT_POSTPROCESS)})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

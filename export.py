@@ -95,23 +95,9 @@ def build_parser():
     return parser
 
 
-def resolve_model(target):
-    """Returns the `.keras` file that `target` names (a run folder, a file, or `None` for the default)."""
-    if target is None:
-        return settings.DEFAULT_MODEL
-    if os.path.isdir(target):
-        path = os.path.join(target, runfolder.BEST)
-        if not os.path.isfile(path):
-            raise InputError(f"{target}: not a run folder with a best.keras; pass a run folder or a .keras file")
-        return path
-    if not os.path.isfile(target):
-        raise InputError(f"{target}: no such run folder or model file")
-    return target
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    model_path = resolve_model(args.target)
+    model_path = runfolder.model_file(args.target, settings.DEFAULT_MODEL)
     if args.out is None:
         stem = os.path.splitext(model_path)[0]
         args.out = (os.path.basename(stem) if model_path == settings.DEFAULT_MODEL else stem) + ".onnx"

@@ -90,6 +90,28 @@ def read_json(path, what):
                          "run with another --out") from None
 
 
+def model_file(target, default):
+    """Returns the model file that a command line names: `target` itself, a run folder's
+    `best.keras`, or `default` (the pre-trained model) when `target` is `None`.
+
+    Raises:
+        InputError: the target does not exist, or is a folder without `best.keras`.
+    """
+    if target is None:
+        if not os.path.isfile(default):
+            raise InputError(f"{default}: no model given and the pre-trained model is missing; "
+                             "pass a .keras file or a run folder")
+        return default
+    if not os.path.exists(target):
+        raise InputError(f"{target}: no such run folder or model file")
+    if os.path.isdir(target):
+        path = os.path.join(target, BEST)
+        if not os.path.isfile(path):
+            raise InputError(f"{target}: not a run folder (no best.keras); pass a run folder or a .keras file")
+        return path
+    return target
+
+
 def read_config(run_dir):
     """Returns a run folder's `config.json` (its resolved settings).
 

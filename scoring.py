@@ -158,17 +158,9 @@ def resolve_target(target, data, images, masks, skip_unpaired, split_name="test"
         InputError: the target or data folders are missing or inconsistent.
     """
     has_data = data is not None or images is not None or masks is not None
-    if target is None:
-        target = settings.DEFAULT_MODEL
-        if not os.path.isfile(target):
-            raise InputError(f"{target}: no model given and the pre-trained model is missing; "
-                             "pass a .keras file or a run folder")
-    if not os.path.exists(target):
-        raise InputError(f"{target}: no such run folder or model file")
+    model_path = runfolder.model_file(target, settings.DEFAULT_MODEL)
+    target = target or model_path
     if os.path.isdir(target):
-        model_path = os.path.join(target, runfolder.BEST)
-        if not os.path.isfile(model_path):
-            raise InputError(f"{target}: not a run folder (no best.keras); pass a run folder or a .keras file")
         if has_data:
             folders = lesion_files.resolve_folders(data, images, masks)
             return model_path, lesion_files.find_pairs(*folders, skip_unpaired), \

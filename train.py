@@ -30,10 +30,6 @@ RESUME_FLAGS = {"out", "resume", "epochs", "data", "images", "masks", "skip_unpa
                 "no_cache", "distribute", "verbose"}
 
 
-def _on_off(value):
-    return "on" if value else "off"
-
-
 def build_parser():
     """The command line of `train.py`; importing it loads no Keras, so `--help` answers at once."""
     parser = cliargs.ArgumentParser(
@@ -73,10 +69,10 @@ def build_parser():
                              "validate, checkpoint and report with it (default: off)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=settings.DEFAULT_TTA,
                         help="flip test-time augmentation for the final test metrics "
-                             f"(default: {_on_off(settings.DEFAULT_TTA)}, as evaluate.py)")
+                             f"(default: {cliargs.on_off(settings.DEFAULT_TTA)}, as evaluate.py)")
     parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=settings.DEFAULT_POSTPROCESS,
                         help="largest-region post-processing for the final test metrics "
-                             f"(default: {_on_off(settings.DEFAULT_POSTPROCESS)}, as evaluate.py)")
+                             f"(default: {cliargs.on_off(settings.DEFAULT_POSTPROCESS)}, as evaluate.py)")
     parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0,
                         help="seed of the split, weights, order and augmentation (default: %(default)s)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<model>_<date>-<time>)")

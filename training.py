@@ -198,10 +198,15 @@ def make_split(pairs, config):
     return split
 
 
-def relocate_data(config, run_dir, images_dir, masks_dir):
+def relocate_data(config, run_dir, images_dir, masks_dir, pairs, split):
     """Points a resumed run at moved data folders and updates its `config.json`.
 
-    The new folders must hold every id of the run's split.
+    Args:
+        config: the run's settings.
+        run_dir: the run folder.
+        images_dir, masks_dir: where the data lies now.
+        pairs: the pairs found there.
+        split: the run's split; the new folders must hold every id of it.
 
     Returns:
         The updated settings.
@@ -209,9 +214,7 @@ def relocate_data(config, run_dir, images_dir, masks_dir):
     Raises:
         InputError: the folders lack some of the run's ids.
     """
-    pairs = dataGenerator.find_pairs(images_dir, masks_dir, skip_unpaired=True)
     split_path = os.path.join(run_dir, runfolder.SPLIT)
-    split = dataGenerator.load_split(split_path)
     dataGenerator.select_pairs(pairs, split["train"] + split["val"] + split["test"],
                                f"{split_path} (the run's split, checked against {images_dir})")
     config = {**config, "images": os.path.abspath(images_dir), "masks": os.path.abspath(masks_dir)}
@@ -252,7 +255,7 @@ def _prepare_new(config, run_dir, overwrite, spread, setup):
 
     Args:
         config, run_dir, overwrite: as in `run_training`.
-        spread: the `distribution.Spread` in use.
+        spread: the `distribution.Distribution` in use.
         setup: a dict this function fills as it goes, so `_undo` can take back exactly what was done
             if a later step fails: `aside` (where a replaced run went), `created` (this call made
             the folder), `filled` (it wrote into an empty folder the user made); at the end also
@@ -290,10 +293,11 @@ def _prepare_resume(run_dir, epochs, folders, setup):
     """Checks a run to resume and fills `setup` as `_prepare_new` does (`state` set)."""
     config, state = check_resumable(run_dir, epochs)
     runfolder.remove_stale_temp_files(run_dir)
-    if folders is not None:
-        config = relocate_data(config, run_dir, *folders)
-    pairs = dataGenerator.find_pairs(config["images"], config["masks"], skip_unpaired=True)
+    images_dir, masks_dir = folders if folders is not None else (config["images"], config["masks"])
+    pairs = dataGenerator.find_pairs(images_dir, masks_dir, skip_unpaired=True)
     split = dataGenerator.load_split(os.path.join(run_dir, runfolder.SPLIT))
+    if folders is not None:
+        config = relocate_data(config, run_dir, images_dir, masks_dir, pairs, split)
     _select_split(setup, run_dir, config, state, pairs, split)
 
 
