@@ -5,6 +5,7 @@ size; its probability map is resized back (bilinear) to the image's own size, th
 optionally, post-processed.
 """
 
+import io
 import json
 import os
 import zipfile
@@ -249,3 +250,39 @@ def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="P
             for path, probability in zip(chunk, probabilities):
                 yield path, resize_probability(probability, image_size_of(path)) if full_size else probability
             bar.update(len(chunk))
+
+
+def segment_files(model, paths, threshold=0.5, tta=False, postprocess=False, batch_size=16, progress=True):
+    """Yields `(path, probability, mask)` for image files: what `predict.py` writes, and what the web
+    app (`webapp.py`) shows and serves, from this one function.
+
+    Args:
+        model: a segmentation model with a fixed input size.
+        paths: image files.
+        threshold: probability threshold.
+        tta: flip test-time augmentation (see `predict_batch`).
+        postprocess: keep the largest region and fill its holes.
+        batch_size: images per model call.
+        progress: show a progress bar.
+
+    Yields:
+        The path; the `float32` probability map at the model's size; the boolean mask at the image's
+        own size (`probability_to_mask`).
+
+    Raises:
+        InputError: an image cannot be read.
+    """
+    for path, probability in predict_files(model, paths, batch_size, tta, progress, full_size=False):
+        yield path, probability, probability_to_mask(probability, image_size_of(path), threshold, postprocess)
+
+
+def encode_mask_png(mask):
+    """Returns a boolean mask as the bytes of a 0/255 single-channel PNG (the ISIC format).
+
+    `predict.py` writes these bytes and the web app serves them, so both give the same file.
+    """
+    pixels = mask.astype(np.uint8)
+    pixels *= 255  # in place: one full-size copy, not two
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()

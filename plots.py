@@ -5,6 +5,7 @@ is needed, and written atomically (a temporary file, then a rename).
 """
 
 import csv
+import io
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -110,16 +111,30 @@ def save_cases_figure(cases, path, title="Test cases"):
     _save(fig, path)
 
 
-def save_overlay(image, mask, path):
-    """Saves `image` (`uint8` RGB) with the outline of `mask` drawn on it, at the image's size.
+def draw_outline(image, mask):
+    """Returns a `uint8` copy of `image` (RGB) with the outline of `mask` drawn in `PREDICTION_COLOUR`.
 
     The same pixels as `outline`, drawn on a `uint8` copy: no float copy of a large photo.
     """
     drawn = np.array(image, dtype=np.uint8)
     drawn[segmentation.find_boundaries(np.asarray(mask, dtype=bool), mode="thick")] = np.round(
         np.asarray(PREDICTION_COLOUR) * 255).astype(np.uint8)
-    with atomic_write(path) as tmp_path:
-        Image.fromarray(drawn).save(tmp_path)
+    return drawn
+
+
+def encode_png(pixels):
+    """Returns a `uint8` array (grey or RGB) as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_overlay(image, mask, path):
+    """Saves `image` (`uint8` RGB) with the outline of `mask` drawn on it (`draw_outline`), as a PNG
+    at the image's size."""
+    data = encode_png(draw_outline(image, mask))
+    with atomic_write(path) as tmp_path, open(tmp_path, "wb") as handle:
+        handle.write(data)
 
 
 def _level_shape(model, name):

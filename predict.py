@@ -78,11 +78,12 @@ def sample_id_of(path):
 
 
 def write_mask(mask, path):
-    """Writes a boolean mask as a 0/255 single-channel PNG, atomically."""
-    pixels = mask.astype(np.uint8)
-    pixels *= 255  # in place: one full-size copy, not two
-    with runfolder.atomic_write(path) as tmp_path:
-        Image.fromarray(pixels, mode="L").save(tmp_path, format="PNG")
+    """Writes a boolean mask as a 0/255 single-channel PNG (`inference.encode_mask_png`), atomically."""
+    import inference
+
+    data = inference.encode_mask_png(mask)
+    with runfolder.atomic_write(path) as tmp_path, open(tmp_path, "wb") as handle:
+        handle.write(data)
 
 
 def split_inputs(argv_inputs):
@@ -129,12 +130,10 @@ def main(argv=None):
     model = inference.load_model(model_path)
     paths = collect_images(inputs)
     make_output_dir(args.out)
-    predictions = inference.predict_files(model, paths, args.batch_size, args.tta, not args.no_progress,
-                                          full_size=False)
-    for path, probability in predictions:
+    results = inference.segment_files(model, paths, args.threshold, args.tta, args.postprocess, args.batch_size,
+                                      progress=not args.no_progress)
+    for path, _, mask in results:
         sample_id = sample_id_of(path)
-        mask = inference.probability_to_mask(probability, lesion_files.image_size_of(path), args.threshold,
-                                             args.postprocess)
         write_mask(mask, os.path.join(args.out, f"{sample_id}_segmentation.png"))
         if args.overlay:
             plots.save_overlay(lesion_files.read_image(path), mask, os.path.join(args.out, f"{sample_id}_overlay.png"))

@@ -181,7 +181,7 @@ def test_scoring_predict_py_masks_equals_scoring_the_model(trained_run, syntheti
 def test_help_loads_no_keras():
     """--help (and a bad flag) answer before Keras loads: no TensorFlow start-up of 10-15 s."""
     code = ("import sys\n"
-            "for script in ('train', 'evaluate', 'predict', 'make_figures', 'download_isic'):\n"
+            "for script in ('train', 'evaluate', 'predict', 'make_figures', 'download_isic', 'app'):\n"
             "    module = __import__(script)\n"
             "    for argv in (['--help'], ['--no-such-flag']):\n"
             "        try:\n"
@@ -192,8 +192,8 @@ def test_help_loads_no_keras():
     result = run_script("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "[]"
-    assert result.stdout.count("usage: ") == 5 and "--learning-rate" in result.stdout
-    assert result.stderr.count("error: ") == 5
+    assert result.stdout.count("usage: ") == 6 and "--learning-rate" in result.stdout and "--max-upload-mb" in result.stdout
+    assert result.stderr.count("error: ") == 6
 
 
 def test_scripts_are_quiet_but_real_warnings_pass(trained_run, synthetic_dir, tmp_path):

@@ -388,13 +388,11 @@ def test_failed_writes_keep_the_old_file_and_remove_the_temporary(failure, tmp_p
 
 
 def test_interrupted_overlay_leaves_no_temporary(tmp_path, monkeypatch):
-    original = Image.Image.save
-
-    def save_then_interrupt(self, path, *args, **kwargs):
-        original(self, path, *args, **kwargs)
+    def interrupted_rename(source, target):  # the temporary file is complete; Ctrl+C before the rename
+        assert os.path.getsize(source) > 0
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Image.Image, "save", save_then_interrupt)
+    monkeypatch.setattr(runfolder.os, "replace", interrupted_rename)
     with pytest.raises(KeyboardInterrupt):
         plots.save_overlay(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool), str(tmp_path / "a_overlay.png"))
     assert os.listdir(tmp_path) == []

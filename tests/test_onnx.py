@@ -106,3 +106,40 @@ def test_pretrained_onnx_matches_keras_on_real_images(tmp_path):
         worst = max(worst, float(np.abs(got - want).max()))
         same.append(np.mean(inference.to_mask(got, postprocess=True) == inference.to_mask(want, postprocess=True)))
     assert worst <= 1e-4 and min(same) >= 0.999, (worst, min(same))
+
+
+def test_app_serves_an_onnx_model_without_tensorflow_and_stops_on_ctrl_c(exported, synthetic_dir, tmp_path):
+    """app.py end to end in its own process: the address it prints answers, the mask equals
+    predict.py's with the same .onnx, TensorFlow is never imported, and Ctrl+C stops it cleanly."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT
+
+    _, onnx_path = exported
+    image = os.path.join(synthetic_dir, "images", "synthetic_0003.jpg")
+    assert run_main("predict.py", onnx_path, image, "--out", str(tmp_path), "--no-progress").returncode == 0
+    code = ("import sys, app\n"
+            "try:\n"
+            f"    app.main([{onnx_path!r}, '--port', '0'])\n"
+            "finally:\n"
+            "    print(sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules)), flush=True)\n")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        first = process.stdout.readline()
+        assert first.startswith(f"Serving {onnx_path} at http://127.0.0.1:"), first + process.stderr.read()
+        url = first.split(" at ")[1].split()[0]
+        with open(image, "rb") as handle:
+            request = urllib.request.Request(f"{url}api/segment?name=synthetic_0003.jpg", data=handle.read(),
+                                             method="POST")
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+        with urllib.request.urlopen(url + answer["files"]["mask_png"].lstrip("/"), timeout=60) as response:
+            assert response.read() == (tmp_path / "synthetic_0003_segmentation.png").read_bytes()
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and out.splitlines()[-2:] == ["stopped", "[]"], out + err
