@@ -63,8 +63,56 @@ def shift_pair(image, mask, shift):
     raise ValueError(f"unknown shift {shift!r}; choose one of {', '.join(SHIFTS)}")
 
 
+def zoomed_out(images, scale):
+    """Shrinks model-size images by `scale` (< 1) and pads them back to their size by mirroring
+    (OpenCV's BORDER_REFLECT_101, the border of training's affine augmentation).
+
+    Returns:
+        `(padded, (top, left, height, width))`: the images and where the shrunk ones sit.
+    """
+    import cv2
+
+    height, width = images.shape[1:3]
+    inner_h, inner_w = round(height * scale), round(width * scale)
+    top, left = (height - inner_h) // 2, (width - inner_w) // 2
+    padded = np.stack([cv2.copyMakeBorder(cv2.resize(image, (inner_w, inner_h), interpolation=cv2.INTER_AREA),
+                                          top, height - inner_h - top, left, width - inner_w - left,
+                                          cv2.BORDER_REFLECT_101) for image in images])
+    return padded, (top, left, inner_h, inner_w)
+
+
+def predict_scales(model, images, scales=(1.0,), tta=False):
+    """Mean lesion probability over zoomed-out copies of model-size images (multi-scale TTA): each
+    copy's probabilities are cropped to where the image sits and resized back.
+
+    Args:
+        model: a segmentation model.
+        images: `float32` array `(b, h, w, 3)` in [0, 1].
+        scales: shrink factors in (0, 1]; 1 is the image as it is.
+        tta: also average over flips (`inference.predict_batch`), at each scale.
+
+    Returns:
+        `float32` array `(b, h, w)`.
+    """
+    import cv2
+
+    import inference
+
+    height, width = images.shape[1:3]
+    total = np.zeros(images.shape[:3], dtype=np.float32)
+    for scale in scales:
+        if scale == 1.0:
+            total += inference.predict_batch(model, images, tta)
+            continue
+        padded, (top, left, inner_h, inner_w) = zoomed_out(images, scale)
+        for index, probability in enumerate(inference.predict_batch(model, padded, tta)):
+            inner = np.ascontiguousarray(probability[top : top + inner_h, left : left + inner_w])
+            total[index] += cv2.resize(inner, (width, height), interpolation=cv2.INTER_LINEAR)
+    return total / len(scales)
+
+
 def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, progress=True, threshold=0.5,
-                  tta=False):
+                  tta=False, scales=(1.0,)):
     """Scores `model` on `pairs` under each shift.
 
     Returns:
@@ -87,7 +135,7 @@ def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, 
                 shifted = [shift_pair(image, mask, shift) for image, mask in originals]
                 batch = np.stack([np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
                                   for image, _ in shifted]).astype(np.float32) / 255.0
-                probabilities = inference.predict_batch(model, batch, tta)
+                probabilities = predict_scales(model, batch, scales, tta)
                 for pair, (_, truth), probability in zip(chunk, shifted, probabilities):
                     prediction = inference.to_mask(inference.resize_probability(probability, truth.shape),
                                                    threshold, postprocess)
@@ -131,6 +179,9 @@ def main(argv=None):
                         help="conditions to score (default: all)")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (default: off)")
+    parser.add_argument("--scales", nargs="+", type=float, default=[1.0],
+                        help="multi-scale TTA: average the predictions of the image shrunk by each factor "
+                             "(mirror-padded back to size), e.g. 1 0.8 (default: %(default)s, none)")
     parser.add_argument("--report", default=None, help="also write the per-image rows as JSON here (default: none)")
     args = parser.parse_args(argv)
     if not args.runs and not (args.model and args.data):
@@ -146,7 +197,7 @@ def main(argv=None):
         split = dataGenerator.split_pairs(pairs, seed=args.seed)
         results[args.model] = score_shifted(inference.load_model(args.model),
                                             dataGenerator.select_pairs(pairs, split[args.split]), args.shifts,
-                                            threshold=args.threshold, tta=args.tta)
+                                            threshold=args.threshold, tta=args.tta, scales=args.scales)
     results.update(score_runs(args.runs, args.shifts))
     print(table(results))
     if args.report:

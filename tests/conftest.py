@@ -65,25 +65,58 @@ def run_main(script, *args):
     return Result(status, out.getvalue(), err.getvalue())
 
 
+def build_once(tmp_path_factory, name, build):
+    """Builds something once per test session for all pytest-xdist workers: the first worker to ask
+    builds it under a lock (`build(folder)`, returning JSON-able data), the others wait and reuse it.
+
+    A run trained twice, once per worker, cost both cores 50 s; waiting for the other worker's costs
+    one core less.
+    """
+    import fcntl
+    import json
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder = root / f"shared_{name}"
+    with open(root / f"shared_{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even if the build fails
+        done = folder / "built.json"
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(build(str(folder))))
+        return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def trained_run(synthetic_dir, tmp_path_factory):
-    """`(run_dir, result)`: one tiny 2-epoch `train.py` run on `synthetic_dir`, trained once in this
-    process and shared by every test that needs a finished run; copy it before changing it."""
-    run_dir = str(tmp_path_factory.mktemp("runs") / "tiny")
-    result = run_main("train.py", "--data", synthetic_dir, "--epochs", "2", "--out", run_dir, "--model", "improved",
-                      "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "8", "--verbose", "2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, result
+    """`(run_dir, result)`: one tiny 2-epoch `train.py` run on `synthetic_dir`, trained once per test
+    session (`build_once`) and shared by every test that needs a finished run; copy it before changing it."""
+
+    def train(folder):
+        run_dir = os.path.join(folder, "tiny")
+        result = run_main("train.py", "--data", synthetic_dir, "--epochs", "2", "--out", run_dir, "--model",
+                          "improved", "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "8",
+                          "--verbose", "2")
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [run_dir, list(result)]
+
+    run_dir, result = build_once(tmp_path_factory, "trained_run", train)
+    return run_dir, Result(*result)
 
 
 @pytest.fixture(scope="session")
 def basic_run(synthetic_dir, tmp_path_factory):
     """A tiny 2-epoch basic U-Net run (`TINY`) on `synthetic_dir`, shared like `trained_run`: for the
     tests of resuming, where the model does not matter and the basic one reloads 3x faster."""
-    run_dir = str(tmp_path_factory.mktemp("runs") / "basic")
-    result = run_main("train.py", "--data", synthetic_dir, "--epochs", "2", "--out", run_dir, *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+
+    def train(folder):
+        run_dir = os.path.join(folder, "basic")
+        result = run_main("train.py", "--data", synthetic_dir, "--epochs", "2", "--out", run_dir, *TINY)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return run_dir
+
+    return build_once(tmp_path_factory, "basic_run", train)
 
 
 # JAX's default optimisation makes compiling the tiny test models take 3x longer than at level 0

@@ -22,7 +22,7 @@ from conftest import ROOT, run_main
 pytestmark = pytest.mark.xdist_group("app")  # with -n: one worker loads the model and starts the server once
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: a worker that runs another module between would load again
 def server():
     """The app around the pre-trained model, on a free port of 127.0.0.1, served from a thread."""
     import quiet
@@ -63,7 +63,7 @@ def encoded(pixels, format="PNG", mode=None):
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lesion_png(tmp_path_factory):
     """A synthetic 300x400 lesion image as a PNG file."""
     path = tmp_path_factory.mktemp("app_images") / "lesion_a.png"

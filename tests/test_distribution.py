@@ -55,7 +55,7 @@ def _history(run_dir):
         return list(csv.DictReader(handle))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # module scope would rebuild it when the worker ran another module between
 def jax_two_device_run(synthetic_dir, tmp_path_factory):
     """train.py under JAX `DataParallel` over two host devices of one process."""
     pytest.importorskip("jax")

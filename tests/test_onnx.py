@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.xdist_group("onnx")  # with -n: one worker exports once
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: a worker that runs another module between would export again
 def exported(trained_run, tmp_path_factory):
     """The shared tiny run's best.keras, exported with export.py's defaults (beside it, in a copy)."""
     import shutil

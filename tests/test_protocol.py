@@ -47,3 +47,23 @@ def test_cv_protocol_trains_each_fold_then_pools_their_test_splits(tmp_path, syn
     assert os.path.getmtime(os.path.join(out, "fold0", "best.keras")) == before  # finished folds are kept
     with pytest.raises(SystemExit):
         cv_protocol.main(["--out", out, "--", "--fold", "1"])
+
+
+class _BrightnessModel:
+    """A stand-in segmentation model: the probability is each pixel's red channel."""
+
+    def predict_on_batch(self, images):
+        return images[..., :1]
+
+
+def test_multiscale_tta_maps_each_zoomed_out_copy_back_onto_the_image():
+    rows, cols = np.mgrid[:64, :96]
+    image = np.stack([rows / 63, cols / 95, np.zeros((64, 96))], axis=-1).astype(np.float32)[None]
+    padded, (top, left, height, width) = shift_protocol.zoomed_out(image, 0.5)
+    assert padded.shape == image.shape and (top, left, height, width) == (16, 24, 32, 48)
+    np.testing.assert_array_equal(padded[0, 14, 24:72], padded[0, 18, 24:72])  # mirrored about row 16, not black
+    model = _BrightnessModel()
+    np.testing.assert_array_equal(shift_protocol.predict_scales(model, image, (1.0,)), image[..., 0])
+    # A smooth ramp survives shrink, crop and enlarge: each scale lands back on the image's own pixels.
+    both = shift_protocol.predict_scales(model, image, (1.0, 0.5))
+    assert np.abs(both - image[..., 0])[:, 2:-2, 2:-2].max() < 0.03
