@@ -73,6 +73,10 @@ def build_parser():
     parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=settings.DEFAULT_POSTPROCESS,
                         help="largest-region post-processing for the final test metrics "
                              f"(default: {cliargs.on_off(settings.DEFAULT_POSTPROCESS)}, as evaluate.py)")
+    parser.add_argument("--init", default=None, metavar="MODEL",
+                        help="start from the weights of a saved .keras model of the same architecture (fine-tuning, "
+                             "e.g. pretrained/improved_unet.keras on your own data; any --image-size) "
+                             "(default: random initialisation)")
     parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0,
                         help="seed of the split, weights, order and augmentation (default: %(default)s)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<model>_<date>-<time>)")

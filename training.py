@@ -83,6 +83,8 @@ def resolve_config(args):
         dataGenerator.build_augmentation(args.image_size, 0, zoom=args.zoom, color=args.color_augment)
     except ValueError as error:
         raise InputError(f"--zoom {args.zoom[0]:g} {args.zoom[1]:g}: {error}") from None
+    if args.init is not None and not os.path.isfile(args.init):
+        raise InputError(f"--init {args.init}: no such model file; pass a .keras file")
     if args.folds is not None and args.fold >= args.folds:
         raise InputError(f"--fold {args.fold}: must be below --folds {args.folds}")
     return {
@@ -102,6 +104,7 @@ def resolve_config(args):
         "zoom": list(args.zoom),
         "color_augment": args.color_augment,
         "ema": args.ema,
+        "init": os.path.abspath(args.init) if args.init else None,
         "tta": args.tta,
         "postprocess": args.postprocess,
         "seed": args.seed,
@@ -115,6 +118,21 @@ def resolve_config(args):
         "backend": keras.backend.backend(),
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def load_initial_weights(model, path):
+    """Copies the weights of a saved model into `model` (`train.py --init`).
+
+    Raises:
+        InputError: the file is not a model this project can load, or its weights do not fit `model`
+            (another architecture, depth or width; the image size does not matter).
+    """
+    source = inference.load_model(path)
+    if [tuple(w.shape) for w in source.weights] != [tuple(w.shape) for w in model.weights]:
+        raise InputError(f"--init {path}: its weights ({source.name}, {source.count_params():,} parameters) do not "
+                         f"fit this model ({model.name}, {model.count_params():,}); pass the --model and "
+                         "--base-filters it was trained with")
+    model.set_weights(source.get_weights())
 
 
 def check_new_run_dir(run_dir, overwrite=False):
@@ -413,6 +431,12 @@ def _run(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, s
     if state is None:
         with spread.scope:
             model = MODELS[config["model"]](image_size, **config["model_kwargs"])
+            if config.get("init"):
+                try:
+                    load_initial_weights(model, config["init"])
+                except BaseException:
+                    _undo(run_dir, setup)  # nothing trained yet: leave nothing behind
+                    raise
             model.compile(optimizer=make_optimizer(config, len(train_data)),
                           loss=metrics.SegmentationLoss(config["loss"]),
                           # weighted: the zero-weight padding of JAX data-parallel batches stays out

@@ -36,6 +36,7 @@ import plots
 import settings
 import synthetic
 from errors import InputError
+from predict import sample_id_of
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {
@@ -153,19 +154,21 @@ class Segmenter:
                 message = str(error).replace(path, file_name).replace("; replace or remove the file", "")
                 raise InputError(f"{message}; upload a .jpg, .png, .bmp or .tif image") from None
         finished = time.perf_counter()
+        stem = os.path.splitext(file_name)[0]
+        names = {"overlay": "overlay.png", "mask": "mask.png", "heatmap": "heatmap.png",
+                 "mask_png": f"{stem}_segmentation.png", "overlay_png": f"{stem}_overlay.png"}
         token = secrets.token_urlsafe(12)
         with self._results_lock:
-            self._results[token] = files
+            self._results[token] = {names[key]: data for key, data in files.items()}
             while len(self._results) > RESULTS_KEPT:
                 self._results.popitem(last=False)
-        stem = os.path.splitext(file_name)[0]
-        download_names = {"mask_png": f"{stem}_segmentation.png", "overlay_png": f"{stem}_overlay.png"}
         result.update(
             name=str(name), id=stem, seconds=round(finished - started, 3), waited_seconds=round(started - received, 3),
             tta=bool(tta), postprocess=bool(postprocess), threshold=self.threshold,
-            files={key: f"/results/{token}/{file}" for key, file in
-                   {**{key: f"{key}.png" for key in ("overlay", "mask", "heatmap")}, **download_names}.items()},
-            download_names=download_names)
+            files={key: f"/results/{token}/{file}" for key, file in names.items()},
+            # predict.py's names, from the name as uploaded (the URLs use the safe copy of it)
+            download_names={"mask_png": f"{sample_id_of(name)}_segmentation.png",
+                            "overlay_png": f"{sample_id_of(name)}_overlay.png"})
         logger.info("segmented %s (%dx%d) in %.2f s", file_name, result["width"], result["height"], finished - started)
         return result
 
@@ -198,7 +201,6 @@ class Segmenter:
             "mask": plots.encode_png(mask_preview.astype(np.uint8) * 255),
             "heatmap": plots.encode_png(heatmap.astype(np.uint8)),
         }
-        del overlay, mask
         result = {
             "width": width, "height": height, "area_pixels": area, "area_percent": 100.0 * area / (height * width),
             "confidence": float(probability_preview[mask_preview].mean()) if mask_preview.any() else None,
@@ -206,10 +208,10 @@ class Segmenter:
         }
         return result, files
 
-    def result_file(self, token, key):
-        """Returns the bytes of a kept result's file (`files` key of `segment`), or `None`."""
+    def result_file(self, token, file):
+        """Returns the bytes of a kept result's file (a name in the URLs of `segment`'s `files`), or `None`."""
         with self._results_lock:
-            return self._results.get(token, {}).get(key)
+            return self._results.get(token, {}).get(file)
 
 
 class AppServer(ThreadingHTTPServer):
@@ -309,17 +311,12 @@ class _Handler(BaseHTTPRequestHandler):
         match = re.fullmatch(r"/results/([\w-]+)/([\w.-]+)", route)
         if match:
             token, file = match.groups()
-            names = {f"{key}.png": key for key in ("overlay", "mask", "heatmap")}
-            if file.endswith("_segmentation.png"):
-                names[file] = "mask_png"
-            elif file.endswith("_overlay.png"):
-                names[file] = "overlay_png"
-            data = self.server.segmenter.result_file(token, names.get(file))
-            if data is not None:
-                attachment = names[file].endswith("_png")
-                headers = [("Content-Disposition", f'attachment; filename="{file}"')] if attachment else []
-                return self._send(HTTPStatus.OK, data, "image/png", headers)
-            return self._send_error(HTTPStatus.NOT_FOUND, "this result is no longer kept; segment the image again")
+            data = self.server.segmenter.result_file(token, file)
+            if data is None:
+                return self._send_error(HTTPStatus.NOT_FOUND, "this result is no longer kept; segment the image again")
+            download = file.endswith(("_segmentation.png", "_overlay.png"))
+            headers = [("Content-Disposition", f'attachment; filename="{file}"')] if download else []
+            return self._send(HTTPStatus.OK, data, "image/png", headers)
         return self._send_error(HTTPStatus.NOT_FOUND, f"{route}: no such page")
 
     def do_POST(self):  # noqa: N802

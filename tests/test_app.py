@@ -19,10 +19,8 @@ import settings
 import synthetic
 from conftest import ROOT, run_main
 
-pytestmark = pytest.mark.xdist_group("app")  # with -n: one worker loads the model and starts the server once
 
-
-@pytest.fixture(scope="session")  # not module: a worker that runs another module between would load again
+@pytest.fixture(scope="session")  # session: a worker that runs another module between would load it again
 def server():
     """The app around the pre-trained model, on a free port of 127.0.0.1, served from a thread."""
     import quiet
@@ -258,8 +256,11 @@ def test_the_page_in_a_real_browser(server, lesion_png, tmp_path):
             message.wait_for(timeout=60_000)
             assert message.inner_text().startswith("notes.jpg: cannot read this image")
 
+            page.check("#tta")  # the switches reach the server
             page.locator(".examples button").first.click()
-            page.locator('.result[data-name="synthetic_1.png"] .area').wait_for(timeout=120_000)
+            example = page.locator('.result[data-name="synthetic_1.png"]')
+            example.locator(".area").wait_for(timeout=120_000)
+            assert example.locator(".settings").inner_text().startswith("TTA on, post-processing on")
             page.evaluate("window.scrollTo(0, 0)")
             screenshot = str(tmp_path / "app.png")
             page.screenshot(path=screenshot, full_page=True)

@@ -220,3 +220,28 @@ def test_filtered_stderr_drops_only_known_noise(capfd):
         os.write(2, b"warning: something the user must see\n")
         os.write(2, b"E0000 00:00:1 12 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n")
     assert capfd.readouterr().err == "warning: something the user must see\n"
+
+
+def test_init_starts_from_a_saved_models_weights(basic_run, synthetic_dir, tmp_path):
+    """train.py --init: the run starts from the saved weights (a learning rate of 1e-9 keeps them), the
+    config names the source, and a model of another width is one clear error."""
+    import keras
+
+    source = os.path.join(basic_run, "best.keras")
+    run = str(tmp_path / "fine_tuned")
+    result = run_main("train.py", "--data", synthetic_dir, "--out", run, "--epochs", "1", *TINY,
+                      "--learning-rate", "1e-9", "--warmup-epochs", "0", "--init", source)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(run, "config.json")) as handle:
+        assert json.load(handle)["init"] == os.path.abspath(source)
+    before, after = keras.saving.load_model(source), keras.saving.load_model(os.path.join(run, "best.keras"))
+    assert len(before.weights) == len(after.weights) > 10
+    for want, got in zip(before.weights, after.weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), atol=1e-5)
+    wider = run_main("train.py", "--data", synthetic_dir, "--out", str(tmp_path / "wider"), "--epochs", "1", *TINY,
+                     "--base-filters", "8", "--init", source)
+    assert wider.returncode == 2 and f"--init {source}: its weights" in wider.stderr, wider.stderr[-2000:]
+    assert "do not fit this model" in wider.stderr and "--base-filters" in wider.stderr
+    assert not os.path.exists(tmp_path / "wider")  # a run that never started leaves nothing behind
+    missing = run_main("train.py", "--data", synthetic_dir, "--out", str(tmp_path / "none"), "--init", "nope.keras")
+    assert missing.returncode == 2 and "--init nope.keras: no such model file" in missing.stderr

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import JAX_FAST_COMPILE, ROOT, TINY, run_script
+from conftest import JAX_FAST_COMPILE, ROOT, TINY, Result, build_once, run_script
 
 pytest.importorskip("tensorflow")
 
@@ -55,19 +55,24 @@ def _history(run_dir):
         return list(csv.DictReader(handle))
 
 
-@pytest.fixture(scope="session")  # module scope would rebuild it when the worker ran another module between
+@pytest.fixture(scope="session")
 def jax_two_device_run(synthetic_dir, tmp_path_factory):
-    """train.py under JAX `DataParallel` over two host devices of one process."""
+    """train.py under JAX `DataParallel` over two host devices of one process, run once per session
+    (`build_once`: pytest-xdist's groups did not keep its two tests on one worker)."""
     pytest.importorskip("jax")
-    run_dir = str(tmp_path_factory.mktemp("jax") / "run")
-    result = run_script("train.py", "--data", synthetic_dir, "--out", run_dir, *JAX_RUN[:-1], "mirrored",
-                        env={"KERAS_BACKEND": "jax",
-                             "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {JAX_FAST_COMPILE}"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result, run_dir
+
+    def train(folder):
+        run_dir = os.path.join(folder, "run")
+        result = run_script("train.py", "--data", synthetic_dir, "--out", run_dir, *JAX_RUN[:-1], "mirrored",
+                            env={"KERAS_BACKEND": "jax",
+                                 "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {JAX_FAST_COMPILE}"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [list(result), run_dir]
+
+    result, run_dir = build_once(tmp_path_factory, "jax_two_device_run", train)
+    return Result(*result), run_dir
 
 
-@pytest.mark.xdist_group("jax_two_device_run")  # with -n: one worker, one fixture
 def test_jax_data_parallel_on_two_cpu_devices(jax_two_device_run):
     result, run_dir = jax_two_device_run
     assert "DataParallel over 2 devices" in result.stdout
@@ -80,7 +85,6 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-@pytest.mark.xdist_group("jax_two_device_run")
 def test_jax_two_processes_match_one_process_on_two_devices(synthetic_dir, tmp_path, jax_two_device_run):
     # Each process feeds half of every batch (augmented as in one process) to its one device.
     _, reference_dir = jax_two_device_run
