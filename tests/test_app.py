@@ -216,8 +216,8 @@ def _chromium():
 
 
 def test_the_page_in_a_real_browser(server, lesion_png, tmp_path):
-    """Headless Chromium: upload an image, read the area, download the mask (predict.py's bytes),
-    drop a bad file and see the message, click an example; saves a screenshot."""
+    """Headless Chromium: upload two images, read the area, download the mask (predict.py's bytes),
+    drop a bad file and see the message, turn TTA on and click an example; saves a screenshot."""
     playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-test.txt")
     chromium = _chromium()
     if chromium is None:
@@ -236,9 +236,12 @@ def test_the_page_in_a_real_browser(server, lesion_png, tmp_path):
             page.wait_for_selector("body[data-ready=true]")
             assert "improved_unet.keras" in page.inner_text("#model-name")
 
-            page.set_input_files("#file-input", lesion_png)
+            second = tmp_path / "lesion_b.png"
+            second.write_bytes(encoded(synthetic.make_sample(9, (240, 320))[0]))
+            page.set_input_files("#file-input", [lesion_png, str(second)])  # several at once: a card each
             card = page.locator('.result[data-name="lesion_a.png"]')
             card.locator(".area").wait_for(timeout=120_000)
+            page.locator('.result[data-name="lesion_b.png"] .area').wait_for(timeout=120_000)
             assert card.locator(".area").inner_text().startswith(f"{expected_area:,} px (")
             assert card.locator(".settings").inner_text() == "TTA off, post-processing on, threshold 0.5"
             with page.expect_download() as download:
