@@ -67,7 +67,7 @@ def jax_two_device_run(synthetic_dir, tmp_path_factory):
                             env={"KERAS_BACKEND": "jax",
                                  "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {JAX_FAST_COMPILE}"})
         assert result.returncode == 0, result.stderr[-3000:]
-        return [list(result), run_dir]
+        return [[result.returncode, result.stdout, result.stderr], run_dir]
 
     result, run_dir = build_once(tmp_path_factory, "jax_two_device_run", train)
     return Result(*result), run_dir
