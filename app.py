@@ -10,6 +10,7 @@ post-processing, and downloads of the mask (the same file `predict.py` writes) a
 The server is `webapp.py`; it loads the model once and stops with Ctrl+C.
 """
 
+import os
 import sys
 
 import cliargs
@@ -49,8 +50,6 @@ def serve(model_path, host="127.0.0.1", port=8000, threshold=settings.DEFAULT_TH
     Raises:
         InputError: the model cannot be loaded, or the address cannot be used.
     """
-    import os
-
     import inference
     import webapp
 

@@ -233,9 +233,13 @@ def _open(path, kind):
         raise InputError(f"{path}: cannot read this {kind} ({error}); replace or remove the file") from None
 
 
+# Pillow modes of more than 8 bits per pixel, which `_to_rgb` scales down to 8 bits.
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
 def _to_rgb(image):
     """Converts any PIL mode (L, LA, P, RGBA, I;16, I, F, CMYK) to 8-bit RGB."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in HIGH_BIT_MODES:
         array = np.asarray(image, dtype=np.float64)
         scale = 65535.0 if array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / scale * 255.0, 0, 255).astype(np.uint8))

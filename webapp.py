@@ -88,10 +88,10 @@ def nearest_resize(mask, size):
 def _image_notes(mode, size, model_size):
     """What the page should say about how an image was read, from its Pillow mode and size."""
     notes = []
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if mode in lesion_files.HIGH_BIT_MODES:
         notes.append(f"{'16-bit' if mode.startswith('I;16') else 'high bit-depth'} image ({mode}): scaled to "
                      "8 bits for the model")
-    if mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F"):
+    if mode in ("L", "LA", "1", *lesion_files.HIGH_BIT_MODES):
         notes.append("grey image: its grey level fills all three colour channels")
     if mode in ("RGBA", "LA", "PA") or mode == "P":
         notes.append("transparent pixels (if any) are put on black, as predict.py does")
@@ -182,16 +182,18 @@ class Segmenter:
             mode = header.mode
         area = int(np.count_nonzero(mask))
         preview_size = fit_size((height, width), PREVIEW_SIDE)
-        image_preview = lesion_files.read_image(path, preview_size)
         mask_preview = nearest_resize(mask, preview_size)
         probability_preview = inference.resize_probability(probability, preview_size)
         heatmap = np.round(colormaps[HEATMAP_COLOURS](np.clip(probability_preview, 0, 1))[..., :3] * 255)
         notes = _image_notes(mode, (height, width), inference.model_image_size(self.model))
-        if height * width <= OVERLAY_PIXELS:  # predict.py --overlay's pixels
-            overlay = plots.draw_outline(lesion_files.read_image(path), mask)
-        else:
+        if height * width <= OVERLAY_PIXELS:  # predict.py --overlay's pixels; the preview from the same decode
+            image = lesion_files.read_image(path)
+            overlay = plots.draw_outline(image, mask)
+            image_preview = np.asarray(Image.fromarray(image).resize(preview_size[::-1], Image.BILINEAR))
+        else:  # large JPEGs decode at reduced scale (draft mode) for each of the two sizes
             overlay_size = fit_size((height, width), OVERLAY_SIDE)
             overlay = plots.draw_outline(lesion_files.read_image(path, overlay_size), nearest_resize(mask, overlay_size))
+            image_preview = lesion_files.read_image(path, preview_size)
             notes.append(f"the overlay download is {overlay_size[1]}x{overlay_size[0]} pixels, not the image's "
                          f"{width}x{height}; the mask download is full size")
         files = {
@@ -228,7 +230,8 @@ class AppServer(ThreadingHTTPServer):
     def __init__(self, address, segmenter, max_upload_bytes):
         self.segmenter = segmenter
         self.max_upload_bytes = max_upload_bytes
-        self.examples = {f"synthetic_{index + 1}.png": None for index in range(len(EXAMPLE_SEEDS))}
+        self.example_seeds = {f"synthetic_{index + 1}.png": seed for index, seed in enumerate(EXAMPLE_SEEDS)}
+        self._example_pngs = {}
         super().__init__(address, _Handler)
 
     @property
@@ -238,12 +241,11 @@ class AppServer(ThreadingHTTPServer):
 
     def example(self, name):
         """Returns an example image's PNG bytes (drawn by `synthetic.make_sample` on first use), or `None`."""
-        if name not in self.examples:
+        if name not in self.example_seeds:
             return None
-        if self.examples[name] is None:
-            seed = EXAMPLE_SEEDS[int(name.split("_")[1].split(".")[0]) - 1]
-            self.examples[name] = plots.encode_png(synthetic.make_sample(seed, EXAMPLE_SHAPE)[0])
-        return self.examples[name]
+        if name not in self._example_pngs:
+            self._example_pngs[name] = plots.encode_png(synthetic.make_sample(self.example_seeds[name], EXAMPLE_SHAPE)[0])
+        return self._example_pngs[name]
 
     def info(self):
         segmenter = self.segmenter
@@ -254,7 +256,7 @@ class AppServer(ThreadingHTTPServer):
             "tta": settings.DEFAULT_TTA,
             "postprocess": settings.DEFAULT_POSTPROCESS,
             "max_upload_bytes": self.max_upload_bytes,
-            "examples": [{"name": name, "url": f"/examples/{name}"} for name in self.examples],
+            "examples": [{"name": name, "url": f"/examples/{name}"} for name in self.example_seeds],
         }
 
     def handle_error(self, request, client_address):
