@@ -6,14 +6,18 @@ under shifts, pooled over the folds' test splits.
 
 Everything after `--` goes to `train.py` as it is (the recipe); this script adds `--folds K --fold I
 --out OUT/foldI` for each fold. A fold that finished is kept, one that was interrupted is resumed, so
-the command can be rerun until every fold is done. The result, `OUT/protocol.md` (the table of
+the command can be rerun until every fold is done. `--parallel N` trains N folds at once, each in its own
+`train.py` process logging to `OUT/foldI.log` (for a GPU that one run leaves idle; on a 2-core CPU one
+at a time is fastest). The result, `OUT/protocol.md` (the table of
 `benchmarks/shift_protocol.py`, with the spread over folds) and `OUT/protocol.json` (per-image rows),
 compares recipes on every image once. See README, "Judging generalisation to other sources".
 """
 
 import argparse
 import os
+import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -23,30 +27,85 @@ def fold_dirs(out, folds):
     return [os.path.join(out, f"fold{index}") for index in range(folds)]
 
 
-def run_folds(out, folds, train_args):
+def fold_arguments(out, folds, train_args):
+    """Returns `{fold index: train.py arguments}` for the folds still to train (or to resume)."""
+    import runfolder
+
+    todo = {}
+    for index, run in enumerate(fold_dirs(out, folds)):
+        if os.path.isfile(os.path.join(run, "metrics.json")):
+            print(f"fold {index}: done earlier ({run})")
+        elif os.path.isfile(os.path.join(run, runfolder.STATE)):
+            todo[index] = ["--out", run, "--resume"]
+        else:
+            todo[index] = [*train_args, "--folds", str(folds), "--fold", str(index), "--out", run]
+    return todo
+
+
+def run_folds(out, folds, train_args, parallel=1):
     """Trains (or resumes, or keeps) each fold's run; returns the run folders.
+
+    Args:
+        out: folder of the fold runs.
+        folds: number of folds.
+        train_args: `train.py` arguments of the recipe.
+        parallel: folds trained at once, each in its own process; 1 trains them here, one by one.
 
     Raises:
         RuntimeError: a fold's training did not finish.
     """
+    todo = fold_arguments(out, folds, train_args)
+    if parallel > 1:
+        _run_in_processes(out, todo, parallel)
+        return fold_dirs(out, folds)
     import keras
 
-    import runfolder
     import train
 
-    runs = fold_dirs(out, folds)
-    for index, run in enumerate(runs):
-        if os.path.isfile(os.path.join(run, "metrics.json")):
-            print(f"fold {index}: done earlier ({run})")
-            continue
-        resume = os.path.isfile(os.path.join(run, runfolder.STATE))
-        arguments = ["--out", run, "--resume"] if resume else [
-            *train_args, "--folds", str(folds), "--fold", str(index), "--out", run]
-        print(f"fold {index}: {'resuming' if resume else 'training'} {run}")
+    for index, arguments in todo.items():
+        print(f"fold {index}: {_doing(arguments)} {fold_dirs(out, folds)[index]}")
         keras.backend.clear_session()
         if train.main(arguments) != 0:
-            raise RuntimeError(f"fold {index}: training stopped early; see {run}")
-    return runs
+            raise RuntimeError(f"fold {index}: training stopped early; see {fold_dirs(out, folds)[index]}")
+    return fold_dirs(out, folds)
+
+
+def _doing(arguments):
+    return "resuming" if "--resume" in arguments else "training"
+
+
+def _run_in_processes(out, todo, parallel):
+    """Runs `train.py` for each fold of `todo`, `parallel` at a time, each logging to `OUT/foldI.log`.
+
+    Raises:
+        RuntimeError: a fold's process failed (after the others have finished).
+    """
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
+    os.makedirs(out, exist_ok=True)
+    waiting, running, failed = list(todo.items()), {}, []
+    try:
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                index, arguments = waiting.pop(0)
+                log_path = os.path.join(out, f"fold{index}.log")
+                with open(log_path, "a", encoding="utf-8") as log:  # a resumed fold keeps its earlier log
+                    process = subprocess.Popen([sys.executable, script, "--verbose", "2", *arguments],
+                                               stdout=log, stderr=subprocess.STDOUT)
+                running[index] = (process, log_path, time.time())
+                print(f"fold {index}: {_doing(arguments)} in its own process, log {log_path}")
+            time.sleep(1)
+            for index, (process, log_path, started) in list(running.items()):
+                if process.poll() is not None:
+                    del running[index]
+                    print(f"fold {index}: {'finished' if process.returncode == 0 else 'FAILED'} after "
+                          f"{time.time() - started:.0f} s")
+                    if process.returncode != 0:
+                        failed.append((index, f"fold {index} (exit status {process.returncode}; see {log_path})"))
+    finally:
+        for process, _, _ in running.values():  # interrupted here: stop the folds (each can be resumed)
+            process.terminate()
+    if failed:
+        raise RuntimeError("training stopped early: " + ", ".join(message for _, message in sorted(failed)))
 
 
 def main(argv=None):
@@ -57,16 +116,20 @@ def main(argv=None):
                                      usage="%(prog)s --out DIR [--folds K] -- TRAIN.PY FLAGS")
     parser.add_argument("--out", required=True, help="folder for the fold runs and the protocol's report")
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default: %(default)s)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="folds to train at once, each in its own process (default: %(default)s)")
     parser.add_argument("--shifts", nargs="+", default=None,
                         help="shifts to score: none, zoom, dark, vignette, blur (default: all)")
     args = parser.parse_args(own)
+    if args.parallel < 1:
+        parser.error(f"--parallel must be at least 1, got {args.parallel}")
     if any(flag in train_args for flag in ("--out", "--folds", "--fold", "--resume", "--overwrite")):
         parser.error("--out, --folds, --fold, --resume and --overwrite are this script's to set")
 
     import runfolder
     import shift_protocol
 
-    runs = run_folds(args.out, args.folds, train_args)
+    runs = run_folds(args.out, args.folds, train_args, args.parallel)
     results = shift_protocol.score_runs(runs, args.shifts or shift_protocol.SHIFTS)
     runfolder.save_json(results, os.path.join(args.out, "protocol.json"))
     table = shift_protocol.table(results)

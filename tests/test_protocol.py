@@ -10,6 +10,7 @@ from conftest import ROOT, TINY
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import compare_protocols  # noqa: E402
 import cv_protocol  # noqa: E402
 import shift_protocol  # noqa: E402
 
@@ -36,17 +37,35 @@ def test_zoom_shift_doubles_the_lesion_share_and_keeps_sizes():
 def test_cv_protocol_trains_each_fold_then_pools_their_test_splits(tmp_path, synthetic_dir):
     out = str(tmp_path / "cv")
     train_flags = ["--data", synthetic_dir, "--epochs", "1", *TINY]
-    assert cv_protocol.main(["--out", out, "--folds", "2", "--shifts", "none", "zoom", "--", *train_flags]) == 0
+    # Both folds at once, each in its own train.py process with its own log.
+    assert cv_protocol.main(["--out", out, "--folds", "2", "--parallel", "2", "--shifts", "none", "zoom", "--",
+                             *train_flags]) == 0
+    for index in range(2):
+        with open(os.path.join(out, f"fold{index}.log")) as handle:
+            assert f"fold{index}" in handle.read()  # the run line names its folder
     with open(os.path.join(out, "protocol.md")) as handle:
         lines = handle.read().splitlines()
     none_row = next(line for line in lines if line.startswith("| none |"))
     assert none_row.split("|")[2].strip() == "24"  # both folds' test splits: every image once
     assert "±" in none_row and any(line.startswith("| zoom |") for line in lines)
+    # A report compared with itself: no change, an interval of width 0, both folds' training clocks.
+    same = compare_protocols.compare([os.path.join(out, "protocol.json")] * 2, ["a", "b"], resamples=100)
+    assert same[1]["delta_dice"] == 0 and same[1]["delta_dice_ci"] == (0, 0) and same[1]["n_images"] == 24
+    assert same[0]["training_s"] > 0 and same[0]["training_s"] == same[1]["training_s"]
     before = os.path.getmtime(os.path.join(out, "fold0", "best.keras"))
     assert cv_protocol.main(["--out", out, "--folds", "2", "--shifts", "none", "--", *train_flags]) == 0
     assert os.path.getmtime(os.path.join(out, "fold0", "best.keras")) == before  # finished folds are kept
     with pytest.raises(SystemExit):
         cv_protocol.main(["--out", out, "--", "--fold", "1"])
+
+
+def test_cv_protocol_names_the_log_of_a_fold_that_failed(tmp_path):
+    out = str(tmp_path / "cv")
+    # train.py refuses --epochs 0 while parsing, before loading Keras: a quick failing fold process.
+    with pytest.raises(RuntimeError, match=r"fold 0 \(exit status 2; see .*fold0\.log\), fold 1 "):
+        cv_protocol.main(["--out", out, "--folds", "2", "--parallel", "2", "--", "--data", "x", "--epochs", "0"])
+    with open(os.path.join(out, "fold1.log")) as handle:
+        assert "--epochs" in handle.read()  # train.py's own message is kept for the user
 
 
 class _BrightnessModel:
@@ -67,3 +86,52 @@ def test_multiscale_tta_maps_each_zoomed_out_copy_back_onto_the_image():
     # A smooth ramp survives shrink, crop and enlarge: each scale lands back on the image's own pixels.
     both = shift_protocol.predict_scales(model, image, (1.0, 0.5))
     assert np.abs(both - image[..., 0])[:, 2:-2, 2:-2].max() < 0.03
+
+
+def _report(path, dice_by_shift, ids=("a", "b", "c", "d"), fraction=0.2):
+    """Writes a protocol report of one group; `dice_by_shift[shift]` lists each image's Dice."""
+    import json
+
+    report = {"run": {shift: [{"id": image_id, "dice": dice, "threshold_jaccard": dice,
+                               "jaccard": dice, "sensitivity": 1.0, "lesion_fraction": fraction}
+                              for image_id, dice in zip(ids, values)]
+                      for shift, values in dice_by_shift.items()}}
+    with open(path, "w") as handle:
+        json.dump(report, handle)
+    return str(path)
+
+
+def test_compare_protocols_golden_changes_and_intervals(tmp_path):
+    base = _report(tmp_path / "base.json", {"none": [0.9, 0.8, 0.7, 0.6], "zoom": [0.5, 0.5, 0.5, 0.5]})
+    # Every image gains exactly 0.1 under "none" and nothing under "zoom": +0.05 per image, no spread.
+    same_gain = _report(tmp_path / "gain.json", {"none": [1.0, 0.9, 0.8, 0.7], "zoom": [0.5, 0.5, 0.5, 0.5]})
+    # Gains of +0.2, 0, 0, -0.2 under "none": mean 0, an interval that holds 0 on both sides.
+    mixed = _report(tmp_path / "mixed.json", {"none": [1.1, 0.8, 0.7, 0.4], "zoom": [0.5, 0.5, 0.5, 0.5]})
+    results = compare_protocols.compare([base, same_gain, mixed], ["base", "gain", "mixed"], resamples=2000)
+    assert results[0]["dice"] == pytest.approx(0.625) and results[0]["worst_shift"] == "zoom"
+    assert results[0]["dice_by_shift"] == pytest.approx({"none": 0.75, "zoom": 0.5})
+    assert results[0]["dice_by_band"]["10-30%"] == (pytest.approx(0.625), 8)  # 4 images x 2 shifts
+    assert results[0]["dice_by_band"]["<10%"] == (None, 0) and "delta_dice" not in results[0]
+    assert results[1]["delta_dice"] == pytest.approx(0.05)
+    assert results[1]["delta_dice_ci"] == (pytest.approx(0.05), pytest.approx(0.05))
+    low, high = results[2]["delta_dice_ci"]
+    assert results[2]["delta_dice"] == pytest.approx(0) and -0.1 <= low < 0 < high <= 0.1
+    assert results[0]["training_s"] is None  # "run" is no run folder
+    text = compare_protocols.table(results)
+    assert "| gain | 4 | 0.6750 | +0.0500 (+0.0500 to +0.0500) |" in text and "| base | 4 | 0.6250 | baseline |" in text
+
+
+def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
+    base = _report(tmp_path / "base.json", {"none": [0.9, 0.8, 0.7, 0.6]})
+    other = _report(tmp_path / "other.json", {"none": [0.9, 0.8, 0.7, 0.6]}, ids=("a", "b", "c", "e"))
+    with pytest.raises(ValueError, match="other.json: its images under 'none' differ"):
+        compare_protocols.compare([base, other])
+    shifted = _report(tmp_path / "shifted.json", {"zoom": [0.9, 0.8, 0.7, 0.6]})
+    with pytest.raises(ValueError, match="shifted.json: shifts"):
+        compare_protocols.compare([base, shifted])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json: cannot read"):
+        compare_protocols.compare([base, str(broken)])
+    with pytest.raises(ValueError, match="at least two"):
+        compare_protocols.compare([base])

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Issue 10's ablation on a lent GPU (the `device` tool), in one command: for each recipe, the five
+# folds of cv_protocol.py, trained at once, and one run on the default split (the model that recipe
+# would ship), all recipes side by side; then compare_protocols.py's table, the first recipe the baseline.
+# One training leaves an H100 mostly idle at batch 16 (BENCHMARKS.md), so the runs share one GPU (how
+# well is not measured yet: the progress lines log its use, for sizing the next call).
+#
+# Here first: bash benchmarks/gpu_prepare.sh   (the data in .gpudata/, the wheels in .whl/)
+# On the device: run(carry=['.gpudata', '.whl'], timeout_s=600,
+#   command='bash benchmarks/gpu_ablation.sh "$OUT" 540 default= zoom="--zoom 0.8 1.4" aspect="--image-size 96 128"')
+# Comes back in OUT: ablation.md, results.tar.gz (per-recipe protocol.md/.json, logs, every run's
+#   config, history and metrics) and NAME.keras, the default-split run's best model of each recipe.
+# Usage: bash benchmarks/gpu_ablation.sh OUT SECONDS NAME="TRAIN.PY FLAGS" [NAME="FLAGS" ...]
+#   SECONDS bounds the whole script. Environment for a dry run on a CPU: PYTHON (default python3, with
+#   the .whl install), DATA (default .gpudata), EXTRA (flags added to every run, e.g. a tiny model),
+#   FOLDS (default 5), WORK (default /tmp/ablation), SCORE_SECONDS (default 100).
+set -u
+if [ $# -lt 3 ]; then
+  sed -n '2,15p' "$0"; exit 2
+fi
+out=$1; budget=$2; shift 2
+deadline=$(( $(date +%s) + budget ))
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+data=${DATA:-.gpudata}
+work=${WORK:-/tmp/ablation}
+extra=${EXTRA:-}
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site KERAS_BACKEND=${KERAS_BACKEND:-jax}
+fi
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 NO_ALBUMENTATIONS_UPDATE=1
+rm -rf "$work"; mkdir -p "$work"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  "$PYTHON" -c "import keras; print('keras', keras.__version__, keras.backend.backend())"; } | tee "$work/device.txt"
+
+# Scoring 5 x 2,148 images takes a minute or two: training gets what is left after that.
+train_seconds=$(( deadline - $(date +%s) - ${SCORE_SECONDS:-100} ))
+names=()
+for recipe in "$@"; do
+  name=${recipe%%=*}; flags=${recipe#*=}
+  names+=("$name")
+  # $flags and $extra are split into words on purpose: they hold several flags.
+  # shellcheck disable=SC2086
+  timeout "$(( deadline - $(date +%s) ))" "$PYTHON" benchmarks/cv_protocol.py --out "$work/$name" --folds "${FOLDS:-5}" \
+    --parallel "${FOLDS:-5}" -- --data "$data" --workers 1 $flags $extra > "$work/$name.cv.log" 2>&1 &
+  # shellcheck disable=SC2086
+  timeout "$train_seconds" "$PYTHON" train.py --data "$data" --workers 1 --verbose 2 $flags $extra \
+    --out "$work/${name}_final" > "$work/$name.final.log" 2>&1 &
+done
+while [ -n "$(jobs -r)" ]; do  # a line every 30 s: GPU use, epochs done per run (for sizing the next call)
+  sleep 30
+  echo "$(date +%T) gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null)" \
+    "epochs done: $(for f in "$work"/*/history.csv "$work"/*/fold*/history.csv; do
+    [ -f "$f" ] && printf '%s=%s ' "${f#"$work"/}" "$(( $(wc -l < "$f") - 1 ))"; done)"
+done
+wait
+
+reports=(); labels=()
+for name in "${names[@]}"; do
+  if [ -f "$work/$name/protocol.json" ]; then
+    reports+=("$work/$name/protocol.json"); labels+=("$name")
+  else
+    echo "$name: no protocol (see $name.cv.log)"; tail -5 "$work/$name.cv.log"
+  fi
+  if [ -f "$work/${name}_final/best.keras" ]; then
+    cp "$work/${name}_final/best.keras" "$out/$name.keras"
+  fi
+  grep -E "^(dice|jaccard|threshold_jaccard) |best validation" "$work/$name.final.log"
+done
+if [ "${#reports[@]}" -ge 2 ]; then
+  "$PYTHON" benchmarks/compare_protocols.py "${reports[@]}" --labels "${labels[@]}" --out "$work/ablation.md" \
+    2> "$work/compare.log" && cp "$work/ablation.md" "$out/"
+fi
+for name in "${names[@]}"; do [ -f "$work/$name/protocol.md" ] && cat "$work/$name/protocol.md"; done
+tar czf "$out/results.tar.gz" --exclude='*.keras' --exclude='split.json' --exclude='cases.png' -C "$(dirname "$work")" \
+  "$(basename "$work")"
+ls -la "$out"
