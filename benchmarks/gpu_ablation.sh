@@ -21,6 +21,7 @@ fi
 out=$1; budget=$2; shift 2
 deadline=$(( $(date +%s) + budget ))
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # absolute: the script works from the repository's root
 cd "$(dirname "$0")/.."
 data=${DATA:-.gpudata}
 work=${WORK:-/tmp/ablation}
@@ -54,7 +55,7 @@ while [ -n "$(jobs -r)" ]; do  # a line every 30 s: GPU use, epochs done per run
   sleep 30
   echo "$(date +%T) gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null)" \
     "epochs done: $(for f in "$work"/*/history.csv "$work"/*/fold*/history.csv; do
-    [ -f "$f" ] && printf '%s=%s ' "${f#"$work"/}" "$(( $(wc -l < "$f") - 1 ))"; done)"
+    [ -f "$f" ] && n=$(( $(wc -l < "$f") - 1 )) && printf '%s=%s ' "${f#"$work"/}" "$(( n > 0 ? n : 0 ))"; done)"
 done
 wait
 
