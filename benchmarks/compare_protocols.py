@@ -13,7 +13,6 @@ clocks, where the report's groups are run folders (or models inside them).
 """
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -61,13 +60,14 @@ def load_report(path):
 def training_seconds(groups):
     """Sums the training clocks of the runs behind a report's groups, or returns `None` when a group
     is not (inside) a run folder with a `history.csv`."""
+    import plots
+    import runfolder
+
     total = 0.0
     for group in groups:
         run = group if os.path.isdir(group) else os.path.dirname(group)
         try:
-            with open(os.path.join(run, "history.csv"), newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
-            total += float(rows[-1]["elapsed_s"])
+            total += plots.read_history(os.path.join(run, runfolder.HISTORY))["elapsed_s"][-1]
         except (OSError, KeyError, IndexError, ValueError):
             return None
     return total

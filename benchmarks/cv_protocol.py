@@ -54,20 +54,21 @@ def run_folds(out, folds, train_args, parallel=1):
     Raises:
         RuntimeError: a fold's training did not finish.
     """
+    runs = fold_dirs(out, folds)
     todo = fold_arguments(out, folds, train_args)
     if parallel > 1:
         _run_in_processes(out, todo, parallel)
-        return fold_dirs(out, folds)
+        return runs
     import keras
 
     import train
 
     for index, arguments in todo.items():
-        print(f"fold {index}: {_doing(arguments)} {fold_dirs(out, folds)[index]}")
+        print(f"fold {index}: {_doing(arguments)} {runs[index]}")
         keras.backend.clear_session()
         if train.main(arguments) != 0:
-            raise RuntimeError(f"fold {index}: training stopped early; see {fold_dirs(out, folds)[index]}")
-    return fold_dirs(out, folds)
+            raise RuntimeError(f"fold {index}: training stopped early; see {runs[index]}")
+    return runs
 
 
 def _doing(arguments):

@@ -16,7 +16,7 @@
 #   FOLDS (default 5), WORK (default /tmp/ablation), SCORE_SECONDS (default 100).
 set -u
 if [ $# -lt 3 ]; then
-  sed -n '2,15p' "$0"; exit 2
+  sed -n '2,/^set -u$/{/^set -u$/!p}' "$0"; exit 2  # the header above, as help
 fi
 out=$1; budget=$2; shift 2
 deadline=$(( $(date +%s) + budget ))
