@@ -191,6 +191,69 @@ class EpochTiming(keras.callbacks.Callback):
         logs["stall_s"] = train_s - logs["steps_s"]
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Fits a run into a wall-clock budget, from its start to its test report, on any machine.
+
+    At the end of the epoch `plan_at` (after the warm-up, once epochs run at their steady speed) it
+    counts how many more epochs of that epoch's length fit before the budget runs out, keeping time
+    for the test report; when fewer than planned fit, the run is cut to that many: the cosine
+    learning-rate schedule is re-planned to end with the new last epoch (so the model still anneals),
+    and `on_replan` records the new plan (config.json, for `--resume`). Later, an epoch that would
+    overrun the budget is not started. `EpochTiming` must come before it (it reads `train_s`, `val_s`,
+    `elapsed_s` from the logs).
+
+    Args:
+        budget_s: the budget, in seconds from the run's start.
+        planned_epochs: the epochs asked for; the run never gets more.
+        plan_at: the epoch (1-based) after which the plan is made.
+        make_schedule: `epochs -> LearningRateSchedule` for a run of that many epochs.
+        test_share: test images per validation image; the test report is reserved twice the
+            validation time per image, as it scores at the masks' own size and draws a figure.
+        on_replan: called with the new number of epochs when the run is cut.
+
+    Attributes:
+        epochs: the run's epochs as now planned.
+        stopped_early: the epoch after which the budget stopped the run outside the plan, or `None`.
+    """
+
+    def __init__(self, budget_s, planned_epochs, plan_at, make_schedule, test_share=1.0, on_replan=None):
+        super().__init__()
+        self.budget_s = budget_s
+        self.planned_epochs = self.epochs = planned_epochs
+        self.plan_at = plan_at
+        self.make_schedule = make_schedule
+        self.test_share = test_share
+        self.on_replan = on_replan
+        self.stopped_early = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "elapsed_s" not in logs:
+            return
+        done = epoch + 1
+        epoch_s = logs["train_s"] + logs["val_s"]
+        left_s = self.budget_s - logs["elapsed_s"] - 2 * logs["val_s"] * self.test_share
+        if done == self.plan_at and done < self.epochs:
+            fitting = max(0, math.floor(left_s / epoch_s)) if epoch_s > 0 else self.epochs
+            if done + fitting < self.epochs:
+                self.epochs = max(done, done + fitting)
+                print(f"\ntime budget: {self.budget_s / 60:.3g} min; epoch {done} took {epoch_s / 60:.1f} min, so "
+                      f"this run trains {self.epochs} epochs instead of the planned {self.planned_epochs} (the "
+                      "learning rate now decays to 0 at its last epoch; --time-budget 0 trains them all)")
+                if self.epochs > done:
+                    self.model.optimizer.learning_rate = self.make_schedule(self.epochs)
+                    self.model.make_train_function(force=True)  # the schedule is traced into the step
+                if self.on_replan is not None:
+                    self.on_replan(self.epochs)
+        if done >= self.epochs:
+            self.model.stop_training = True
+        elif left_s < epoch_s:
+            self.model.stop_training = True
+            self.stopped_early = done
+            print(f"\ntime budget: {self.budget_s / 60:.3g} min; another epoch ({epoch_s / 60:.1f} min) would "
+                  f"overrun it, so training stops after epoch {done} of {self.epochs}; `--resume` continues it")
+
+
 class ProgressWithoutTimings(keras.callbacks.ProgbarLogger):
     """Keras's progress output, without `EpochTiming`'s columns (they go to `history.csv`)."""
 

@@ -20,6 +20,8 @@ LOSSES = ("dice_bce", "dice", "bce")
 MODELS = ("basic", "improved")
 DISTRIBUTION_MODES = ("auto", "off", "mirrored", "multi-worker")
 REAL_DATA_EPOCHS = 30
+# The whole run, start to test report, on real data: a slower machine trains fewer epochs.
+REAL_DATA_TIME_BUDGET_MINUTES = 90
 DEMO_EPOCHS = 8
 DEMO_SAMPLES = 240
 

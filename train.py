@@ -44,6 +44,11 @@ def build_parser():
     parser.add_argument("--epochs", type=int_range(1), default=None,
                         help=f"epochs (default: {settings.REAL_DATA_EPOCHS} on real data, "
                              f"{settings.DEMO_EPOCHS} for the demo)")
+    parser.add_argument("--time-budget", type=float_range(0), default=None, metavar="MINUTES",
+                        help="wall-clock limit from start to test report: after the warm-up, the run "
+                             "trains only the epochs that fit (the learning-rate schedule follows and "
+                             "config.json records them); 0: no limit, always --epochs (default: "
+                             f"{settings.REAL_DATA_TIME_BUDGET_MINUTES} on real data, none for the demo)")
     parser.add_argument("--batch-size", type=int_range(1), default=16, help="images per step (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float_range(0, 10, low_open=True), default=1e-3,
                         help="peak Adam learning rate, reached after the warm-up and then cosine-decayed "

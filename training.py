@@ -96,6 +96,8 @@ def resolve_config(args):
         "model_kwargs": model_kwargs,
         "image_size": list(args.image_size),
         "epochs": args.epochs or (settings.DEMO_EPOCHS if demo else settings.REAL_DATA_EPOCHS),
+        "time_budget_minutes": (settings.REAL_DATA_TIME_BUDGET_MINUTES if args.time_budget is None and not demo
+                                else args.time_budget or None),
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "warmup_epochs": args.warmup_epochs,
@@ -251,18 +253,46 @@ def _load_arrays(pairs, image_size, cache_dir, progress):
     return images, masks
 
 
-def make_optimizer(config, steps_per_epoch):
-    """Adam with linear warm-up to the peak learning rate, then cosine decay to 0 (and, with
-    `config["ema"]`, a moving average of the weights)."""
-    total_steps = max(1, config["epochs"] * steps_per_epoch)
+def make_learning_rate_schedule(config, steps_per_epoch, epochs=None):
+    """Linear warm-up to the peak learning rate over `config["warmup_epochs"]`, then cosine decay to 0
+    at the end of epoch `epochs` (default: `config["epochs"]`)."""
+    total_steps = max(1, (epochs or config["epochs"]) * steps_per_epoch)
     warmup_steps = min(total_steps - 1, int(round(config["warmup_epochs"] * steps_per_epoch)))
-    schedule = keras.optimizers.schedules.CosineDecay(
+    return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup_steps else config["learning_rate"],
         decay_steps=max(1, total_steps - warmup_steps),
         warmup_target=config["learning_rate"] if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
-    return keras.optimizers.Adam(learning_rate=schedule, use_ema=bool(config.get("ema")), ema_momentum=0.99)
+
+
+def make_optimizer(config, steps_per_epoch):
+    """Adam on `make_learning_rate_schedule`'s schedule (and, with `config["ema"]`, a moving average of
+    the weights)."""
+    return keras.optimizers.Adam(learning_rate=make_learning_rate_schedule(config, steps_per_epoch),
+                                 use_ema=bool(config.get("ema")), ema_momentum=0.99)
+
+
+def make_time_budget(config, run_dir, steps_per_epoch, test_share):
+    """The `callbacks.TimeBudget` of a new run, or `None` when `config` sets no budget.
+
+    The plan is made after the warm-up (and never before epoch 2: the first epoch also pays for
+    tracing the model); a cut is written into the run's `config.json` as `epochs`, with the epochs asked
+    for kept as `epochs_requested`, so `--resume` and anyone reading the run see what was trained.
+    """
+    minutes = config.get("time_budget_minutes")
+    if not minutes:
+        return None
+    config_path = os.path.join(run_dir, runfolder.CONFIG)
+
+    def record(epochs):
+        config.update(epochs_requested=config.get("epochs_requested", config["epochs"]), epochs=epochs)
+        runfolder.save_json(config, config_path)
+
+    return run_callbacks.TimeBudget(
+        minutes * 60, config["epochs"], plan_at=max(2, math.ceil(config["warmup_epochs"])),
+        make_schedule=lambda epochs: make_learning_rate_schedule(config, steps_per_epoch, epochs),
+        test_share=test_share, on_replan=record)
 
 
 def _prepare_new(config, run_dir, overwrite, spread, setup):
@@ -457,6 +487,8 @@ def _run(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, s
           f"{model.count_params():,} params | {_count(config['epochs'], 'epoch')}, batch {config['batch_size']}, "
           f"{config['loss']} loss, {policy} | {distribution.describe_devices()} ({spread.description}), "
           f"Keras {keras.__version__} ({keras.backend.backend()}) | run: {run_dir}"
+          + (f" (at most {config['time_budget_minutes']:g} min from start to test report: fewer epochs if"
+             f" they would not fit)" if state is None and config.get("time_budget_minutes") else "")
           + (f" | resuming after epoch {initial_epoch}" if initial_epoch else "")
           + (f" | replacing the earlier run (kept in {aside} until the first checkpoint)" if aside else ""))
 
@@ -473,6 +505,11 @@ def _run(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, s
         checkpoint,
         run_callbacks.ProgressWithoutTimings(),  # Keras adds its own, timing columns included, when none is given
     ]
+    budget = None
+    if state is None:  # a resumed run keeps the plan made when it started (its config.json)
+        budget = make_time_budget(config, run_dir, len(train_data), len(test_pairs) / max(1, len(setup["val"])))
+    if budget is not None:
+        callbacks.insert(2, budget)  # after EpochTiming, whose timings it reads; before the checkpoint
     if config.get("ema"):
         # Validation sees the averaged weights (swapped in and back around it), so the best epoch is
         # chosen by what best.keras holds; last.keras keeps the raw weights, for resuming.
@@ -514,12 +551,15 @@ def _run(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, s
         print(f"process {spread.process_index}: training done; the first process reports the test metrics")
         return 0
     distribution.use_one_device()  # the test images come one by one, in batches of any size
-    report_test_split(run_dir, config, test_pairs, checkpoint, verbose)
+    report_test_split(run_dir, config, test_pairs, checkpoint, verbose, started,
+                      config["time_budget_minutes"] if budget is not None else None)
     return 0
 
 
-def report_test_split(run_dir, config, test_pairs, checkpoint, verbose=1):
-    """Scores `best.keras` on the test split: `metrics.json`, `per_image.csv`, `cases.png` and a table."""
+def report_test_split(run_dir, config, test_pairs, checkpoint, verbose=1, started=None, budget_minutes=None):
+    """Scores `best.keras` on the test split: `metrics.json`, `per_image.csv`, `cases.png` and a table;
+    with `started` (`time.perf_counter()` at the run's start), prints the run's time, against
+    `budget_minutes` if given."""
     best_path = os.path.join(run_dir, runfolder.BEST)
     files = [runfolder.HISTORY, runfolder.CURVES]
     if test_pairs:
@@ -534,6 +574,9 @@ def report_test_split(run_dir, config, test_pairs, checkpoint, verbose=1):
         files += ["metrics.json", runfolder.CASES]
         print(f"best validation Dice {checkpoint.best:.4f} at epoch {checkpoint.best_epoch}; "
               f"test Dice {summary['dice']:.4f} on {_count(summary['n_images'], 'image')}")
+    if started is not None:
+        print(f"time: {(time.perf_counter() - started) / 60:.1f} min from start to test report"
+              + (f" (time budget {budget_minutes:g} min)" if budget_minutes else ""))
     print(f"run folder: {run_dir} (best.keras; {', '.join(files)})")
 
 

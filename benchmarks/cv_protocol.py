@@ -5,7 +5,9 @@ under shifts, pooled over the folds' test splits.
     python benchmarks/cv_protocol.py --out runs/cv_zoom -- --data ../shared/data/isic2017 --zoom 0.8 1.4
 
 Everything after `--` goes to `train.py` as it is (the recipe); this script adds `--folds K --fold I
---out OUT/foldI` for each fold. A fold that finished is kept, one that was interrupted is resumed, so
+--out OUT/foldI` for each fold. Each fold gets `train.py`'s default time budget on real data (90 min,
+fewer epochs where they would not fit; the epochs each fold trained are in its `config.json`): pass
+`--time-budget 0` after `--` to train every fold the full `--epochs` on a slow machine. A fold that finished is kept, one that was interrupted is resumed, so
 the command can be rerun until every fold is done. `--parallel N` trains N folds at once, each in its own
 `train.py` process logging to `OUT/foldI.log` (for a GPU that one run leaves idle; on a 2-core CPU one
 at a time is fastest). The result, `OUT/protocol.md` (the table of

@@ -7,6 +7,7 @@ checks what only a fresh process shows (start-up noise, `--help` without Keras).
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,6 +35,7 @@ def test_train_writes_a_complete_run_folder(trained_run):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     assert "data: 24 pairs" in result.stdout and "improved_unet" in result.stdout
     assert "test Dice" in result.stdout and "2 epochs" in result.stdout
+    assert re.search(r"^time: \d+\.\d min from start to test report \(time budget 90 min\)$", result.stdout, re.M)
     assert result.stdout.rstrip().splitlines()[-1] == (f"run folder: {run_dir} (best.keras; history.csv, curves.png, "
                                                        "metrics.json, cases.png)")
     with open(os.path.join(run_dir, "split.json")) as handle:

@@ -14,7 +14,7 @@ import metrics
 import runfolder
 import scoring
 import train
-from conftest import TINY
+from conftest import TINY, run_main
 from dataGenerator import Pair, kfold_split
 
 
@@ -146,3 +146,86 @@ def test_train_with_folds_and_every_lever_records_them(tmp_path, synthetic_dir):
     best = keras.saving.load_model(os.path.join(run, "best.keras")).get_weights()
     last = keras.saving.load_model(os.path.join(run, "last.keras")).get_weights()
     assert any(not np.array_equal(b, w) for b, w in zip(best, last))  # best holds the average, last the raw
+
+
+class _FakeClock(keras.callbacks.Callback):
+    """Writes `EpochTiming`'s keys as if epoch `e` (1-based) took `seconds(e)`, 1 s of it validation."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds, self.elapsed = seconds, 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        took = self.seconds(epoch + 1)
+        self.elapsed += took
+        logs.update(elapsed_s=self.elapsed, train_s=took - 1.0, val_s=1.0)
+
+
+class _WeightsAt(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.weights = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights[epoch + 1] = self.model.get_weights()
+
+
+def _fit_under_budget(budget_s, seconds, planned=10, next_schedule=None):
+    """Fits a one-layer model for `planned` epochs of 2 steps under a `TimeBudget` planned after epoch 2,
+    with `_FakeClock` timings; returns `(history, budget, weights after each epoch, replans)`."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid", name="conv")(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    replans = []
+    budget = callbacks.TimeBudget(
+        budget_s, planned, plan_at=2, test_share=1.0, on_replan=replans.append,
+        make_schedule=next_schedule or (lambda epochs: keras.optimizers.schedules.CosineDecay(0.01, 2 * epochs)))
+    weights = _WeightsAt()
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 4, 4, 3)), (rng.random((8, 4, 4, 1)) > 0.5).astype("float32")
+    history = model.fit(x, y, batch_size=4, epochs=planned, verbose=0, shuffle=False,
+                        callbacks=[_FakeClock(seconds), budget, weights])
+    return history, budget, weights.weights, replans
+
+
+def test_time_budget_cuts_the_run_and_replans_the_learning_rate():
+    # After epoch 2 (20 s): 55 - 20 - 2 s reserved for the test report leaves 33 s, three 10-s epochs.
+    # The new schedule is a learning rate of 0: if the traced training step kept the old one, the
+    # weights would still move after epoch 2.
+    history, budget, weights, replans = _fit_under_budget(
+        55, lambda epoch: 10.0, next_schedule=lambda epochs: keras.optimizers.schedules.CosineDecay(0.0, 1))
+    assert len(history.history["loss"]) == 5 and budget.epochs == 5 and replans == [5]
+    assert budget.stopped_early is None
+    assert any(not np.array_equal(a, b) for a, b in zip(weights[1], weights[2]))  # it trained before
+    for epoch in (3, 4, 5):
+        for before, after in zip(weights[2], weights[epoch]):
+            np.testing.assert_array_equal(before, after)
+
+
+def test_time_budget_that_fits_changes_nothing():
+    history, budget, _, replans = _fit_under_budget(1000, lambda epoch: 10.0)
+    assert len(history.history["loss"]) == 10 and budget.epochs == 10 and replans == []
+
+
+def test_time_budget_stops_before_an_epoch_that_would_overrun_it():
+    # Planned for 5 epochs after epoch 2 as above; then epoch 3 takes 25 s: after it (45 s),
+    # 55 - 45 - 2 = 8 s is left, less than an epoch.
+    history, budget, _, replans = _fit_under_budget(55, lambda epoch: 10.0 if epoch <= 2 else 25.0)
+    assert replans == [5] and budget.stopped_early == 3 and len(history.history["loss"]) == 3
+
+
+def test_train_under_a_time_budget_records_the_epochs_it_trained(tmp_path, synthetic_dir):
+    # A budget of 0.06 s is spent by the first epoch: the run stops after it, and still reports.
+    run = str(tmp_path / "run")
+    result = run_main("train.py", "--data", synthetic_dir, "--out", run, "--epochs", "3", "--time-budget", "0.001",
+                      "--verbose", "2", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training stops after epoch 1 of 3" in result.stdout and "(time budget 0.001 min)" in result.stdout
+    with open(os.path.join(run, "history.csv")) as handle:
+        assert len(handle.readlines()) == 2  # header and epoch 1
+    assert os.path.isfile(os.path.join(run, "metrics.json"))
+    config = runfolder.read_json(os.path.join(run, "config.json"), "settings")
+    assert (config["time_budget_minutes"], config["epochs"]) == (0.001, 3)
+    demo = train.build_parser().parse_args([])
+    assert demo.time_budget is None  # resolved per run: 90 min on real data, none for the demo
