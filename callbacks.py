@@ -240,6 +240,7 @@ class TimeBudget(keras.callbacks.Callback):
                 print(f"\ntime budget: {self.budget_s / 60:.3g} min; epoch {done} took {epoch_s / 60:.1f} min, so "
                       f"this run trains {self.epochs} epochs instead of the planned {self.planned_epochs} (the "
                       "learning rate now decays to 0 at its last epoch; --time-budget 0 trains them all)")
+                self.params["epochs"] = self.epochs  # shared by the callbacks: the progress line's "Epoch i/N"
                 if self.epochs > done:
                     self.model.optimizer.learning_rate = self.make_schedule(self.epochs)
                     self.model.make_train_function(force=True)  # the schedule is traced into the step
@@ -255,7 +256,16 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 class ProgressWithoutTimings(keras.callbacks.ProgbarLogger):
-    """Keras's progress output, without `EpochTiming`'s columns (they go to `history.csv`)."""
+    """Keras's progress output, without `EpochTiming`'s columns (they go to `history.csv`), counting
+    epochs to the number `TimeBudget` planned."""
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.params = params  # Keras's own keeps only a copy of its epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs = self.params["epochs"]
+        super().on_epoch_begin(epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items() if k not in EpochTiming.KEYS})

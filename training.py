@@ -273,17 +273,25 @@ def make_optimizer(config, steps_per_epoch):
                                  use_ema=bool(config.get("ema")), ema_momentum=0.99)
 
 
-def make_time_budget(config, run_dir, steps_per_epoch, test_share):
+def make_time_budget(config, run_dir, steps_per_epoch, test_share, processes=1):
     """The `callbacks.TimeBudget` of a new run, or `None` when `config` sets no budget.
 
     The plan is made after the warm-up (and never before epoch 2: the first epoch also pays for
     tracing the model); a cut is written into the run's `config.json` as `epochs`, with the epochs asked
     for kept as `epochs_requested`, so `--resume` and anyone reading the run see what was trained.
+    A run over several processes gets no budget (recorded in `config.json`): each would time its own
+    epochs, and processes that stopped at different epochs would wait for each other forever.
     """
     minutes = config.get("time_budget_minutes")
     if not minutes:
         return None
     config_path = os.path.join(run_dir, runfolder.CONFIG)
+    if processes > 1:
+        print(f"note: no time budget with {processes} processes (they must stop at the same epoch); "
+              f"training all {config['epochs']} epochs", file=sys.stderr)
+        config["time_budget_minutes"] = None
+        runfolder.save_json(config, config_path)
+        return None
 
     def record(epochs):
         config.update(epochs_requested=config.get("epochs_requested", config["epochs"]), epochs=epochs)
@@ -481,14 +489,19 @@ def _run(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, s
                                                  state.get("best_epoch", 0))
 
     pairs, test_pairs = setup["pairs"], setup["test"]
+    budget = None
+    if state is None:  # a resumed run keeps the plan made when it started (its config.json)
+        budget = make_time_budget(config, run_dir, len(train_data), len(test_pairs) / max(1, len(setup["val"])),
+                                  spread.processes)
     print(f"data: {len(pairs)} pairs from {config['images']} -> train {len(setup['train'])} / "
           f"val {len(setup['val'])} / test {len(test_pairs)} at {image_size[0]}x{image_size[1]}"
           f"{' (synthetic demo)' if config['demo'] else ''} | model: {model.name}, "
-          f"{model.count_params():,} params | {_count(config['epochs'], 'epoch')}, batch {config['batch_size']}, "
+          f"{model.count_params():,} params | {_count(config['epochs'], 'epoch')}"
+          + (f" (fewer if they would not fit in {config['time_budget_minutes']:g} min from start to test report)"
+             if budget is not None else "")
+          + f", batch {config['batch_size']}, "
           f"{config['loss']} loss, {policy} | {distribution.describe_devices()} ({spread.description}), "
           f"Keras {keras.__version__} ({keras.backend.backend()}) | run: {run_dir}"
-          + (f" (at most {config['time_budget_minutes']:g} min from start to test report: fewer epochs if"
-             f" they would not fit)" if state is None and config.get("time_budget_minutes") else "")
           + (f" | resuming after epoch {initial_epoch}" if initial_epoch else "")
           + (f" | replacing the earlier run (kept in {aside} until the first checkpoint)" if aside else ""))
 
@@ -505,9 +518,6 @@ def _run(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, s
         checkpoint,
         run_callbacks.ProgressWithoutTimings(),  # Keras adds its own, timing columns included, when none is given
     ]
-    budget = None
-    if state is None:  # a resumed run keeps the plan made when it started (its config.json)
-        budget = make_time_budget(config, run_dir, len(train_data), len(test_pairs) / max(1, len(setup["val"])))
     if budget is not None:
         callbacks.insert(2, budget)  # after EpochTiming, whose timings it reads; before the checkpoint
     if config.get("ema"):

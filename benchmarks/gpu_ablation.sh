@@ -28,27 +28,29 @@ work=${WORK:-/tmp/ablation}
 extra=${EXTRA:-}
 if [ -z "${PYTHON:-}" ]; then
   PYTHON=python3
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site KERAS_BACKEND=${KERAS_BACKEND:-jax}
+  . benchmarks/gpu_env.sh || exit 1  # the carried wheels, Keras on JAX
 fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 NO_ALBUMENTATIONS_UPDATE=1
 rm -rf "$work"; mkdir -p "$work"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   "$PYTHON" -c "import keras; print('keras', keras.__version__, keras.backend.backend())"; } | tee "$work/device.txt"
 
-# Scoring 5 x 2,148 images takes a minute or two: training gets what is left after that.
+# Scoring 5 x 2,148 images takes a minute or two: training gets what is left after that. Every run
+# gets it as train.py's --time-budget, so however slowly the shared GPU goes, each run re-plans its
+# epochs to finish (annealed, test report written) before the timeout would kill it; the epochs each
+# run trained are in its config.json.
 train_seconds=$(( deadline - $(date +%s) - ${SCORE_SECONDS:-100} ))
+time_budget="--time-budget $(awk "BEGIN { m = ($train_seconds - 15) / 60; print (m > 0.05 ? m : 0.05) }")"
 names=()
 for recipe in "$@"; do
   name=${recipe%%=*}; flags=${recipe#*=}
   names+=("$name")
-  # $flags and $extra are split into words on purpose: they hold several flags.
+  # $time_budget, $flags and $extra are split into words on purpose: they hold several words.
   # shellcheck disable=SC2086
   timeout "$(( deadline - $(date +%s) ))" "$PYTHON" benchmarks/cv_protocol.py --out "$work/$name" --folds "${FOLDS:-5}" \
-    --parallel "${FOLDS:-5}" -- --data "$data" --workers 1 $flags $extra > "$work/$name.cv.log" 2>&1 &
+    --parallel "${FOLDS:-5}" -- --data "$data" --workers 1 $time_budget $flags $extra > "$work/$name.cv.log" 2>&1 &
   # shellcheck disable=SC2086
-  timeout "$train_seconds" "$PYTHON" train.py --data "$data" --workers 1 --verbose 2 $flags $extra \
+  timeout "$train_seconds" "$PYTHON" train.py --data "$data" --workers 1 --verbose 2 $time_budget $flags $extra \
     --out "$work/${name}_final" > "$work/$name.final.log" 2>&1 &
 done
 while [ -n "$(jobs -r)" ]; do  # a line every 30 s: GPU use, epochs done per run (for sizing the next call)

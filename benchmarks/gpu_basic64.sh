@@ -5,8 +5,7 @@
 set -u
 out=${1:-gpu_runs}
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+. "$(dirname "$0")/gpu_env.sh" || exit 1  # the carried wheels, Keras on JAX
 start=$(date +%s)
 timeout 185 python3 train.py --data .gpudata --model basic --out /tmp/runs/basic64 --workers 8 --verbose 2 \
   > "$out/basic64.log" 2>&1

@@ -100,6 +100,10 @@ def test_jax_two_processes_match_one_process_on_two_devices(synthetic_dir, tmp_p
         assert worker.returncode == 0, stderr[-3000:]
     assert "DataParallel over 2 devices in 2 processes (this is process 0)" in outputs[0][0]
     assert "process 1: training done" in outputs[1][0]
+    # Processes timing their own epochs could stop at different ones and wait for each other forever.
+    assert "no time budget with 2 processes" in outputs[0][1]
+    with open(os.path.join(run_dir, "config.json")) as handle:
+        assert json.load(handle)["time_budget_minutes"] is None
     # The first process's folder is the run; the second's only has its own logs and checkpoints.
     assert os.path.isfile(os.path.join(run_dir, "metrics.json"))
     assert not os.path.exists(os.path.join(run_dir + ".process1", "metrics.json"))

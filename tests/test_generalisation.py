@@ -184,12 +184,12 @@ def _fit_under_budget(budget_s, seconds, planned=10, next_schedule=None):
     weights = _WeightsAt()
     rng = np.random.default_rng(0)
     x, y = rng.random((8, 4, 4, 3)), (rng.random((8, 4, 4, 1)) > 0.5).astype("float32")
-    history = model.fit(x, y, batch_size=4, epochs=planned, verbose=0, shuffle=False,
-                        callbacks=[_FakeClock(seconds), budget, weights])
+    history = model.fit(x, y, batch_size=4, epochs=planned, verbose=2, shuffle=False,
+                        callbacks=[_FakeClock(seconds), budget, weights, callbacks.ProgressWithoutTimings()])
     return history, budget, weights.weights, replans
 
 
-def test_time_budget_cuts_the_run_and_replans_the_learning_rate():
+def test_time_budget_cuts_the_run_and_replans_the_learning_rate(capsys):
     # After epoch 2 (20 s): 55 - 20 - 2 s reserved for the test report leaves 33 s, three 10-s epochs.
     # The new schedule is a learning rate of 0: if the traced training step kept the old one, the
     # weights would still move after epoch 2.
@@ -197,6 +197,9 @@ def test_time_budget_cuts_the_run_and_replans_the_learning_rate():
         55, lambda epoch: 10.0, next_schedule=lambda epochs: keras.optimizers.schedules.CosineDecay(0.0, 1))
     assert len(history.history["loss"]) == 5 and budget.epochs == 5 and replans == [5]
     assert budget.stopped_early is None
+    printed = capsys.readouterr().out
+    assert "Epoch 2/10" in printed and "Epoch 3/5" in printed and "Epoch 5/5" in printed
+    assert "trains 5 epochs instead of the planned 10" in printed
     assert any(not np.array_equal(a, b) for a, b in zip(weights[1], weights[2]))  # it trained before
     for epoch in (3, 4, 5):
         for before, after in zip(weights[2], weights[epoch]):
