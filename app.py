@@ -11,7 +11,9 @@ The server is `webapp.py`; it loads the model once and stops with Ctrl+C.
 """
 
 import os
+import signal
 import sys
+import threading
 
 import cliargs
 import settings
@@ -38,7 +40,7 @@ def build_parser():
 
 
 def serve(model_path, host="127.0.0.1", port=8000, threshold=settings.DEFAULT_THRESHOLD, max_upload_mb=200):
-    """Loads a model and serves the page until Ctrl+C.
+    """Loads a model and serves the page until Ctrl+C (or SIGTERM).
 
     Args:
         model_path: a `.keras` or `.onnx` file.
@@ -58,12 +60,36 @@ def serve(model_path, host="127.0.0.1", port=8000, threshold=settings.DEFAULT_TH
     print(f"Serving {model_path} at {server.url}  (open it in a browser; Ctrl+C stops)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {host}: anyone who can reach this machine can use the page", flush=True)
+    previous = _stop_on_signals(server)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    except KeyboardInterrupt:  # when serving outside the main thread, where no handler could be set
         print("stopped", flush=True)
     finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         server.server_close()
+
+
+def _stop_on_signals(server):
+    """Makes Ctrl+C (SIGINT) and SIGTERM stop `server.serve_forever()` cleanly; returns the handlers replaced.
+
+    A KeyboardInterrupt can be lost: raised while a garbage-collector callback or a finalizer runs, it
+    is printed as "Exception ignored" and the server keeps serving. A handler that asks the server
+    to shut down cannot be lost that way. `shutdown()` waits for the serving loop, which runs in this
+    (the main) thread, so it is called from another one.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    stopping = threading.Event()
+
+    def stop(number, frame):
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    return {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
 
 
 def main(argv=None):

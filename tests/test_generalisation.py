@@ -131,12 +131,19 @@ def test_averaged_weights_are_the_optimizers_moving_average(tmp_path):
 
 
 def test_train_with_folds_and_every_lever_records_them(tmp_path, synthetic_dir):
+    # A time budget of 0.06 s is spent by the first epoch: the run stops after it, and still reports.
     run = str(tmp_path / "run")
-    assert train.main(["--data", synthetic_dir, "--out", run, "--epochs", "1", "--folds", "4", "--fold", "3",
-                       "--zoom", "0.8", "1.4", "--color-augment", "strong", "--ema", *TINY]) == 0
+    result = run_main("train.py", "--data", synthetic_dir, "--out", run, "--epochs", "2", "--folds", "4", "--fold", "3",
+                      "--zoom", "0.8", "1.4", "--color-augment", "strong", "--ema", "--time-budget", "0.001", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training stops after epoch 1 of 2" in result.stdout and "(time budget 0.001 min)" in result.stdout
+    with open(os.path.join(run, "history.csv")) as handle:
+        assert len(handle.readlines()) == 2  # header and epoch 1
     config = runfolder.read_json(os.path.join(run, "config.json"), "settings")
     assert (config["folds"], config["fold"], config["zoom"], config["color_augment"], config["ema"]) == (
         4, 3, [0.8, 1.4], "strong", True)
+    assert (config["time_budget_minutes"], config["epochs"]) == (0.001, 2)  # stopped, not re-planned
+    assert train.build_parser().parse_args([]).time_budget is None  # resolved per run: 90 on real data, no demo limit
     pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(synthetic_dir))
     with open(os.path.join(run, "split.json")) as handle:
         assert json.load(handle) == kfold_split(pairs, 4, 3, 0.1, seed=0)
@@ -216,19 +223,3 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun_it():
     # 55 - 45 - 2 = 8 s is left, less than an epoch.
     history, budget, _, replans = _fit_under_budget(55, lambda epoch: 10.0 if epoch <= 2 else 25.0)
     assert replans == [5] and budget.stopped_early == 3 and len(history.history["loss"]) == 3
-
-
-def test_train_under_a_time_budget_records_the_epochs_it_trained(tmp_path, synthetic_dir):
-    # A budget of 0.06 s is spent by the first epoch: the run stops after it, and still reports.
-    run = str(tmp_path / "run")
-    result = run_main("train.py", "--data", synthetic_dir, "--out", run, "--epochs", "3", "--time-budget", "0.001",
-                      "--verbose", "2", *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "training stops after epoch 1 of 3" in result.stdout and "(time budget 0.001 min)" in result.stdout
-    with open(os.path.join(run, "history.csv")) as handle:
-        assert len(handle.readlines()) == 2  # header and epoch 1
-    assert os.path.isfile(os.path.join(run, "metrics.json"))
-    config = runfolder.read_json(os.path.join(run, "config.json"), "settings")
-    assert (config["time_budget_minutes"], config["epochs"]) == (0.001, 3)
-    demo = train.build_parser().parse_args([])
-    assert demo.time_budget is None  # resolved per run: 90 min on real data, none for the demo

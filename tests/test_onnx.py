@@ -144,5 +144,9 @@ def test_app_serves_an_onnx_model_without_tensorflow_and_stops_on_ctrl_c(exporte
             assert response.read() == (tmp_path / "synthetic_0003_segmentation.png").read_bytes()
     finally:
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
+        try:
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()  # not left serving after the test
+            raise
     assert process.returncode == 0 and out.splitlines()[-2:] == ["stopped", "[]"], out + err
