@@ -63,13 +63,13 @@ def serve(model_path, host="127.0.0.1", port=8000, threshold=settings.DEFAULT_TH
     previous = _stop_on_signals(server)
     try:
         server.serve_forever()
-        print("stopped", flush=True)
-    except KeyboardInterrupt:  # when serving outside the main thread, where no handler could be set
-        print("stopped", flush=True)
+    except KeyboardInterrupt:  # serving outside the main thread, where no handler could be set
+        pass
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
         server.server_close()
+    print("stopped", flush=True)
 
 
 def _stop_on_signals(server):

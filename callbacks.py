@@ -231,12 +231,12 @@ class TimeBudget(keras.callbacks.Callback):
         if "elapsed_s" not in logs:
             return
         done = epoch + 1
-        epoch_s = logs["train_s"] + logs["val_s"]
+        epoch_s = max(logs["train_s"] + logs["val_s"], 1e-9)
         left_s = self.budget_s - logs["elapsed_s"] - 2 * logs["val_s"] * self.test_share
         if done == self.plan_at and done < self.epochs:
-            fitting = max(0, math.floor(left_s / epoch_s)) if epoch_s > 0 else self.epochs
+            fitting = max(0, math.floor(left_s / epoch_s))
             if done + fitting < self.epochs:
-                self.epochs = max(done, done + fitting)
+                self.epochs = done + fitting
                 print(f"\ntime budget: {self.budget_s / 60:.3g} min; epoch {done} took {epoch_s / 60:.1f} min, so "
                       f"this run trains {self.epochs} epochs instead of the planned {self.planned_epochs} (the "
                       "learning rate now decays to 0 at its last epoch; --time-budget 0 trains them all)")

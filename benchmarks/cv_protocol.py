@@ -7,8 +7,9 @@ under shifts, pooled over the folds' test splits.
 Everything after `--` goes to `train.py` as it is (the recipe); this script adds `--folds K --fold I
 --out OUT/foldI` for each fold. Each fold gets `train.py`'s default time budget on real data (90 min,
 fewer epochs where they would not fit; the epochs each fold trained are in its `config.json`): pass
-`--time-budget 0` after `--` to train every fold the full `--epochs` on a slow machine. A fold that finished is kept, one that was interrupted is resumed, so
-the command can be rerun until every fold is done. `--parallel N` trains N folds at once, each in its own
+`--time-budget 0` after `--` to train every fold the full `--epochs` on a slow machine. A fold that
+finished is kept, one that was interrupted is resumed, so the command can be rerun until every fold
+is done. `--parallel N` trains N folds at once, each in its own
 `train.py` process logging to `OUT/foldI.log` (for a GPU that one run leaves idle; on a 2-core CPU one
 at a time is fastest). The result, `OUT/protocol.md` (the table of
 `benchmarks/shift_protocol.py`, with the spread over folds) and `OUT/protocol.json` (per-image rows),
