@@ -17,22 +17,39 @@ import random
 import sys
 import threading
 
-if __name__ == "__main__":  # run as a script: load Keras through the noise filter before the import below
+import cliargs
+from cliargs import int_range
+from errors import InputError, run_cli
+from settings import COLOR_AUGMENTATIONS, DEFAULT_IMAGE_SIZE, DEFAULT_ZOOM
+
+
+def _argument_parser():
+    parser = cliargs.ArgumentParser(
+        description="List image/mask pairs, show the split sizes and save a figure of one batch.")
+    cliargs.add_data_arguments(parser)
+    parser.add_argument("--image-size", type=int_range(1, 4096), nargs=2, default=list(DEFAULT_IMAGE_SIZE),
+                        metavar=("H", "W"), help="batch image size (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int_range(1, 64), default=8, help="images in the figure (default: %(default)s)")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="split and augmentation seed (default: %(default)s)")
+    parser.add_argument("--no-augment", action="store_true", help="show the batch without augmentation")
+    parser.add_argument("--out", default=os.path.join("runs", "batch.png"),
+                        help="where to save the batch figure (default: %(default)s)")
+    return parser
+
+
+if __name__ == "__main__":  # run as a script: answer --help and bad flags at once, then load Keras quietly
+    _argument_parser().parse_args()
     import quiet
 
     quiet.import_keras()
 
 import keras  # noqa: E402
-import numpy as np
-from tqdm.auto import tqdm
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
-import cliargs
-from cliargs import int_range
-from errors import InputError, run_cli
-from lesion_files import (  # noqa: F401 (this module's data API: the training code and notebooks use it here)
+from lesion_files import (  # noqa: E402, F401 (this module's data API: the training code and notebooks use it here)
     Pair, find_pairs, image_size_of, kfold_split, listed, load_split, read_image, read_mask, resolve_folders,
     select_pairs, split_pairs)
-from settings import COLOR_AUGMENTATIONS, DEFAULT_IMAGE_SIZE, DEFAULT_ZOOM
 
 log = logging.getLogger("lesion_unet.data")  # notes for the user; errors.run_cli shows them
 
@@ -251,17 +268,7 @@ def preview_batch(pairs, path, image_size=DEFAULT_IMAGE_SIZE, batch_size=8, augm
 
 
 def main(argv=None):
-    parser = cliargs.ArgumentParser(
-        description="List image/mask pairs, show the split sizes and save a figure of one batch.")
-    cliargs.add_data_arguments(parser)
-    parser.add_argument("--image-size", type=int_range(1, 4096), nargs=2, default=list(DEFAULT_IMAGE_SIZE),
-                        metavar=("H", "W"), help="batch image size (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int_range(1, 64), default=8, help="images in the figure (default: %(default)s)")
-    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="split and augmentation seed (default: %(default)s)")
-    parser.add_argument("--no-augment", action="store_true", help="show the batch without augmentation")
-    parser.add_argument("--out", default=os.path.join("runs", "batch.png"),
-                        help="where to save the batch figure (default: %(default)s)")
-    args = parser.parse_args(argv)
+    args = _argument_parser().parse_args(argv)
 
     images_dir, masks_dir = resolve_folders(args.data, args.images, args.masks)
     pairs = find_pairs(images_dir, masks_dir, args.skip_unpaired)

@@ -11,7 +11,18 @@ Run `python model_basic.py` to print the summary and parameter count.
 import argparse
 import os
 
-if __name__ == "__main__":  # run as a script: load Keras through the noise filter before the import below
+
+def _argument_parser():
+    parser = argparse.ArgumentParser(description="Print the basic U-Net's summary and size.")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"),
+                        help="input height and width (default: %(default)s)")
+    parser.add_argument("--base-filters", type=int, default=64, help="filters at level 1 (default: %(default)s)")
+    parser.add_argument("--depth", type=int, default=4, help="number of poolings (default: %(default)s)")
+    return parser
+
+
+if __name__ == "__main__":  # run as a script: answer --help and bad flags at once, then load Keras quietly
+    _argument_parser().parse_args()
     import quiet
 
     quiet.import_keras()
@@ -66,12 +77,7 @@ def build_unet(image_size=(128, 128), channels=3, base_filters=64, depth=4):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Print the basic U-Net's summary and size.")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"),
-                        help="input height and width (default: %(default)s)")
-    parser.add_argument("--base-filters", type=int, default=64, help="filters at level 1 (default: %(default)s)")
-    parser.add_argument("--depth", type=int, default=4, help="number of poolings (default: %(default)s)")
-    args = parser.parse_args(argv)
+    args = _argument_parser().parse_args(argv)
     model = build_unet(tuple(args.image_size), base_filters=args.base_filters, depth=args.depth)
     # rich, which Keras draws the table with, assumes 80 columns when the output is not a terminal
     # (`| cat`, a file) and would cut the table there.

@@ -16,7 +16,18 @@ Run `python model_improved.py` to print the summary and parameter count.
 import argparse
 import os
 
-if __name__ == "__main__":  # run as a script: load Keras through the noise filter before the import below
+
+def _argument_parser():
+    parser = argparse.ArgumentParser(description="Print the Improved U-Net's summary and size.")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"),
+                        help="input height and width (default: %(default)s)")
+    parser.add_argument("--base-filters", type=int, default=16, help="filters at level 1 (default: %(default)s)")
+    parser.add_argument("--depth", type=int, default=5, help="resolution levels (default: %(default)s)")
+    return parser
+
+
+if __name__ == "__main__":  # run as a script: answer --help and bad flags at once, then load Keras quietly
+    _argument_parser().parse_args()
     import quiet
 
     quiet.import_keras()
@@ -134,12 +145,7 @@ def build_improved_unet(image_size=(128, 128), channels=3, base_filters=16, dept
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Print the Improved U-Net's summary and size.")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"),
-                        help="input height and width (default: %(default)s)")
-    parser.add_argument("--base-filters", type=int, default=16, help="filters at level 1 (default: %(default)s)")
-    parser.add_argument("--depth", type=int, default=5, help="resolution levels (default: %(default)s)")
-    args = parser.parse_args(argv)
+    args = _argument_parser().parse_args(argv)
     model = build_improved_unet(tuple(args.image_size), base_filters=args.base_filters, depth=args.depth)
     # rich, which Keras draws the table with, assumes 80 columns when the output is not a terminal
     # (`| cat`, a file) and would cut the table there.
