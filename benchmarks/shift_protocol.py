@@ -187,6 +187,9 @@ def main(argv=None):
     if not args.runs and not (args.model and args.data):
         parser.error("give --runs RUN..., or --model MODEL --data DIR")
 
+    import quiet
+
+    quiet.import_keras()  # without TensorFlow's start-up noise
     import dataGenerator
     import inference
     import runfolder
