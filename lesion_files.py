@@ -229,6 +229,10 @@ def _open(path, kind):
         return Image.open(path)
     except FileNotFoundError:
         raise InputError(f"{path}: {kind} file not found") from None
+    except Image.DecompressionBombError as error:
+        # A real photo can be over Pillow's guard (179 megapixels; a phone's 200 MP mode is): say what helps.
+        raise InputError(f"{path}: this {kind} is larger than Pillow decodes ({error}); save a smaller copy, "
+                         "e.g. 8000x6000 pixels, and use that") from None
     except _DECODE_ERRORS as error:
         raise InputError(f"{path}: cannot read this {kind} ({error}); replace or remove the file") from None
 

@@ -125,6 +125,18 @@ def test_corrupt_and_truncated_files_name_the_file(tmp_path):
         read_image(str(truncated))
 
 
+def test_an_image_over_pillows_pixel_limit_says_to_downscale_it(tmp_path, monkeypatch):
+    # Pillow refuses twice MAX_IMAGE_PIXELS: a 200 MP phone photo against its default of 89.5 MP.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("RGB", (64, 48)).save(tmp_path / "huge.jpg")
+    Image.new("L", (64, 48)).save(tmp_path / "huge.png")
+    with pytest.raises(InputError, match=r"huge.jpg: this image is larger than Pillow decodes .*3072 pixels.*"
+                                         r"save a smaller copy"):
+        read_image(str(tmp_path / "huge.jpg"), (16, 16))
+    with pytest.raises(InputError, match="huge.png: this mask is larger than Pillow decodes"):
+        read_mask(str(tmp_path / "huge.png"))
+
+
 def test_mask_size_mismatch_is_an_error(tmp_path):
     _write_pair(str(tmp_path), "odd", shape=(20, 30), mask_shape=(20, 31))
     pairs = find_pairs(str(tmp_path / "images"), str(tmp_path / "masks"))
