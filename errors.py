@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import warnings
 
 
 class InputError(ValueError):
@@ -28,6 +29,10 @@ def run_cli(main, argv=None):
     # "generated new fontManager" on a first run) do not.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("lesion_unet").setLevel(logging.INFO)
+    # The scripts read large photos on purpose (a big JPEG is decoded at reduced scale); Pillow's
+    # warning for one over 89 megapixels would read as an attack. Its hard limit still stops with a
+    # clear error (lesion_files._open).
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit .* decompression bomb")
     try:
         status = main(argv)
     except InputError as error:

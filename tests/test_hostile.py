@@ -21,6 +21,7 @@ from PIL import Image
 import cache
 import callbacks
 import dataGenerator
+import errors
 import evaluate
 import inference
 import plots
@@ -155,6 +156,16 @@ def test_predict_refuses_two_images_with_one_id(tmp_path, tiny_model):
     with pytest.raises(InputError, match="a_segmentation.png"):
         predict.main([tiny_model, str(tmp_path / "in1"), str(tmp_path / "in2"), "--out", str(tmp_path / "m")])
     assert not os.path.exists(tmp_path / "masks") and not os.path.exists(tmp_path / "m")
+
+
+def test_scripts_do_not_warn_of_an_attack_for_a_large_photo(tmp_path, tiny_model, monkeypatch, recwarn):
+    # Pillow warns above MAX_IMAGE_PIXELS (89 MP by default: a 100 MP photo) and refuses above twice that.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("RGB", (40, 30), (200, 150, 130)).save(tmp_path / "photo.jpg")
+    argv = [tiny_model, str(tmp_path / "photo.jpg"), "--out", str(tmp_path / "masks"), "--no-progress"]
+    assert errors.run_cli(predict.main, argv) == 0
+    assert Image.open(tmp_path / "masks" / "photo_segmentation.png").size == (40, 30)
+    assert [str(w.message) for w in recwarn if "decompression bomb" in str(w.message)] == []
 
 
 def test_predict_into_its_input_folder_does_not_feed_on_its_outputs(tmp_path, tiny_model, capsys):
