@@ -8,17 +8,13 @@ filters and 4 poolings; a 1x1 convolution with a sigmoid gives the lesion probab
 Run `python model_basic.py` to print the summary and parameter count.
 """
 
-import argparse
 import os
+
+import cliargs
 
 
 def _argument_parser():
-    parser = argparse.ArgumentParser(description="Print the basic U-Net's summary and size.")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"),
-                        help="input height and width (default: %(default)s)")
-    parser.add_argument("--base-filters", type=int, default=64, help="filters at level 1 (default: %(default)s)")
-    parser.add_argument("--depth", type=int, default=4, help="number of poolings (default: %(default)s)")
-    return parser
+    return cliargs.model_summary_parser("basic U-Net", base_filters=64, depth=4, depth_help="number of poolings")
 
 
 if __name__ == "__main__":  # run as a script: answer --help and bad flags at once, then load Keras quietly

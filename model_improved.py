@@ -13,17 +13,13 @@ norm and leaky ReLU (slope 0.01); inside a context module they come before each 
 Run `python model_improved.py` to print the summary and parameter count.
 """
 
-import argparse
 import os
+
+import cliargs
 
 
 def _argument_parser():
-    parser = argparse.ArgumentParser(description="Print the Improved U-Net's summary and size.")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"),
-                        help="input height and width (default: %(default)s)")
-    parser.add_argument("--base-filters", type=int, default=16, help="filters at level 1 (default: %(default)s)")
-    parser.add_argument("--depth", type=int, default=5, help="resolution levels (default: %(default)s)")
-    return parser
+    return cliargs.model_summary_parser("Improved U-Net", base_filters=16, depth=5, depth_help="resolution levels")
 
 
 if __name__ == "__main__":  # run as a script: answer --help and bad flags at once, then load Keras quietly

@@ -28,7 +28,7 @@ work=${WORK:-/tmp/ablation}
 extra=${EXTRA:-}
 if [ -z "${PYTHON:-}" ]; then
   PYTHON=python3
-  . benchmarks/gpu_env.sh || exit 1  # the carried wheels, Keras on JAX
+  . "$(dirname "$0")/gpu_env.sh" || exit 1  # the carried wheels, Keras on JAX
 fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 NO_ALBUMENTATIONS_UPDATE=1
 rm -rf "$work"; mkdir -p "$work"
