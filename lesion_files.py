@@ -8,7 +8,6 @@ Keras and TensorFlow are not installed.
 """
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -17,6 +16,7 @@ import struct
 import numpy as np
 from PIL import Image
 
+import runfolder
 from errors import InputError
 from settings import DEFAULT_SPLIT, MASK_SUFFIX, image_id_of, is_usable_file
 
@@ -324,13 +324,9 @@ def load_split(path):
     """Reads a `split.json` written by `save_json(split_pairs(...))`.
 
     Raises:
-        InputError: the file is missing or not a split.
+        InputError: the file is missing, damaged or not a split.
     """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            split = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: cannot read the split ({error})") from None
+    split = runfolder.read_json(path, "the run's train/val/test split")
     if not isinstance(split, dict) or not {"train", "val", "test"} <= set(split):
         raise InputError(f"{path}: not a split file (needs train, val and test lists)")
     return split

@@ -39,7 +39,7 @@ def load_report(path):
     try:
         with open(path, encoding="utf-8") as handle:
             report = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: cannot read this protocol report ({error}); give a protocol.json of "
                          "cv_protocol.py or a --report of shift_protocol.py") from None
     if not isinstance(report, dict) or not report or not all(isinstance(group, dict) for group in report.values()):

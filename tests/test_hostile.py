@@ -295,7 +295,7 @@ def test_a_damaged_cache_entry_is_rebuilt_with_a_note(damage, synthetic_dir, tmp
 
 # 10. Damaged run files: one line naming the file.
 
-@pytest.mark.parametrize("name", [runfolder.STATE, runfolder.CONFIG, runfolder.LAST])
+@pytest.mark.parametrize("name", [runfolder.STATE, runfolder.CONFIG, runfolder.SPLIT, runfolder.LAST])
 def test_resume_with_a_damaged_file_names_it(name, tmp_path, synthetic_dir):
     run = _fake_run(str(tmp_path / "run"), epochs=4, epochs_done=1)
     config = {**training.resolve_config(train.build_parser().parse_args(["--data", synthetic_dir, "--out", run,

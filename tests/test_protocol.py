@@ -133,5 +133,9 @@ def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(ValueError, match="broken.json: cannot read"):
         compare_protocols.compare([base, str(broken)])
+    binary = tmp_path / "model.keras"  # a likely slip: a model file given for its report
+    binary.write_bytes(b"PK\x03\x04\xff\xfe\x00")
+    with pytest.raises(ValueError, match="model.keras: cannot read this protocol report"):
+        compare_protocols.compare([base, str(binary)])
     with pytest.raises(ValueError, match="at least two"):
         compare_protocols.compare([base])
