@@ -5,7 +5,6 @@ size; its probability map is resized back (bilinear) to the image's own size, th
 optionally, post-processed.
 """
 
-import io
 import json
 import os
 import zipfile
@@ -15,7 +14,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from lesion_files import image_size_of, read_image
+from lesion_files import encode_png, image_size_of, read_image
 from errors import InputError
 
 # Serialized Python code in a .keras config: a Lambda layer, or a lambda passed as an argument.
@@ -283,6 +282,4 @@ def encode_mask_png(mask):
     """
     pixels = mask.astype(np.uint8)
     pixels *= 255  # in place: one full-size copy, not two
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_png(pixels)

@@ -8,17 +8,18 @@ Keras and TensorFlow are not installed.
 """
 
 import dataclasses
+import io
 import logging
 import math
 import os
 import struct
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 import runfolder
 from errors import InputError
-from settings import DEFAULT_SPLIT, MASK_SUFFIX, image_id_of, is_usable_file
+from settings import DEFAULT_SPLIT, MASK_SUFFIX, OUTPUT_PNG_SOFTWARE, image_id_of, is_usable_file
 
 log = logging.getLogger("lesion_unet.data")  # notes for the user; errors.run_cli shows them
 
@@ -312,6 +313,31 @@ def read_mask(path, size=None, return_was_binary=False):
     if return_was_binary:
         return mask, bool(np.all((grey == 0) | (grey == 255)))
     return mask
+
+
+def encode_png(pixels):
+    """Returns a `uint8` array (grey or RGB) as PNG bytes, marked as this project's output.
+
+    The mark (a "Software" text chunk, `settings.OUTPUT_PNG_SOFTWARE`) is what `is_own_output_png`
+    looks for.
+    """
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", OUTPUT_PNG_SOFTWARE)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def is_own_output_png(path):
+    """Whether `path` is a PNG that `encode_png` wrote (read from its header; pixels are not decoded).
+
+    Anything else, unreadable files included, is someone else's, to be kept.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == OUTPUT_PNG_SOFTWARE
+    except (*_DECODE_ERRORS, Image.DecompressionBombWarning):
+        return False
 
 
 def image_size_of(path):

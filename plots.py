@@ -5,13 +5,12 @@ is needed, and written atomically (a temporary file, then a rename).
 """
 
 import csv
-import io
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
 from skimage import segmentation
 
+from lesion_files import encode_png
 from runfolder import atomic_write
 
 TRUTH_COLOUR = (0.1, 0.9, 0.2)
@@ -120,13 +119,6 @@ def draw_outline(image, mask):
     drawn[segmentation.find_boundaries(np.asarray(mask, dtype=bool), mode="thick")] = np.round(
         np.asarray(PREDICTION_COLOUR) * 255).astype(np.uint8)
     return drawn
-
-
-def encode_png(pixels):
-    """Returns a `uint8` array (grey or RGB) as PNG bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def save_overlay(image, mask, path):

@@ -72,6 +72,35 @@ def collect_images(inputs):
     return paths
 
 
+def check_outputs(paths, out, overlay=False, overwrite=False):
+    """Refuses to replace files in `out` that `predict.py` did not write.
+
+    Masks are named as the ISIC ground truth is (`<id>_segmentation.png`), so `--out` pointed at a
+    masks folder would otherwise replace expert masks with predictions. Earlier outputs of this tool
+    (marked in their PNG header, `lesion_files.is_own_output_png`) are replaced without asking.
+
+    Args:
+        paths: the images to segment.
+        out: the output folder.
+        overlay: whether `<id>_overlay.png` files will be written too.
+        overwrite: replace other files as well (`--overwrite`).
+
+    Raises:
+        InputError: a file would be replaced that this tool did not write, naming it and the count.
+    """
+    import lesion_files
+
+    if overwrite or not os.path.isdir(out):
+        return
+    suffixes = OUTPUT_SUFFIXES if overlay else OUTPUT_SUFFIXES[:1]
+    targets = (os.path.join(out, sample_id_of(path) + suffix) for path in paths for suffix in suffixes)
+    foreign = [target for target in targets if os.path.lexists(target) and not lesion_files.is_own_output_png(target)]
+    if foreign:
+        others = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise InputError(f"{foreign[0]}{others}: files that predict.py did not write (expert masks?) would be "
+                         "replaced; choose another --out, or add --overwrite to replace them")
+
+
 def sample_id_of(path):
     """Returns the id a mask is named after: the image's file name without its extension."""
     return os.path.splitext(os.path.basename(path))[0]
@@ -110,6 +139,9 @@ def build_parser():
                              "model), then image files or folders")
     parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     parser.add_argument("--overlay", action="store_true", help="also write <id>_overlay.png, the outline on the image")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in --out that predict.py did not write, e.g. ground-truth masks "
+                             "of the same names (default: refuse; its own earlier outputs are always replaced)")
     cliargs.add_inference_arguments(parser)
     return parser
 
@@ -127,8 +159,9 @@ def main(argv=None):
     import lesion_files
     import plots
 
-    model = inference.load_model(model_path)
     paths = collect_images(inputs)
+    check_outputs(paths, args.out, args.overlay, args.overwrite)
+    model = inference.load_model(model_path)
     make_output_dir(args.out)
     results = inference.segment_files(model, paths, args.threshold, args.tta, args.postprocess, args.batch_size,
                                       progress=not args.no_progress)

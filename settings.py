@@ -26,6 +26,9 @@ DEMO_EPOCHS = 8
 DEMO_SAMPLES = 240
 
 # Inference.
+# The PNG "Software" text that predict.py and the web app write into their masks and overlays, so that
+# predict.py replaces its own earlier outputs but never a file it did not write (an expert mask).
+OUTPUT_PNG_SOFTWARE = "lesion-unet"
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "improved_unet.keras")
 DEFAULT_TTA = False
 DEFAULT_POSTPROCESS = True

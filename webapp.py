@@ -198,10 +198,10 @@ class Segmenter:
                          f"{width}x{height}; the mask download is full size")
         files = {
             "mask_png": inference.encode_mask_png(mask),
-            "overlay_png": plots.encode_png(overlay),
-            "overlay": plots.encode_png(plots.draw_outline(image_preview, mask_preview)),
-            "mask": plots.encode_png(mask_preview.astype(np.uint8) * 255),
-            "heatmap": plots.encode_png(heatmap.astype(np.uint8)),
+            "overlay_png": lesion_files.encode_png(overlay),
+            "overlay": lesion_files.encode_png(plots.draw_outline(image_preview, mask_preview)),
+            "mask": lesion_files.encode_png(mask_preview.astype(np.uint8) * 255),
+            "heatmap": lesion_files.encode_png(heatmap.astype(np.uint8)),
         }
         result = {
             "width": width, "height": height, "area_pixels": area, "area_percent": 100.0 * area / (height * width),
@@ -244,7 +244,7 @@ class AppServer(ThreadingHTTPServer):
         if name not in self.example_seeds:
             return None
         if name not in self._example_pngs:
-            self._example_pngs[name] = plots.encode_png(synthetic.make_sample(self.example_seeds[name], EXAMPLE_SHAPE)[0])
+            self._example_pngs[name] = lesion_files.encode_png(synthetic.make_sample(self.example_seeds[name], EXAMPLE_SHAPE)[0])
         return self._example_pngs[name]
 
     def info(self):

@@ -49,10 +49,10 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="model or run folder for app.py (default: the pre-trained model)")
     args = parser.parse_args(argv)
 
-    import plots
+    import lesion_files
     import synthetic
 
-    uploads = [("synthetic_512x384.png", plots.encode_png(synthetic.make_sample(5, (384, 512))[0])),
+    uploads = [("synthetic_512x384.png", lesion_files.encode_png(synthetic.make_sample(5, (384, 512))[0])),
                ("photo_4000x3000.jpg", _photo((4000, 3000), "JPEG")),
                ("photo_12000x9000.jpg", _photo((12000, 9000), "JPEG")),
                ("photo_12000x9000.png", _photo((12000, 9000), "PNG"))]

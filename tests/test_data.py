@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 import dataGenerator
 import lesion_files
@@ -289,3 +289,26 @@ def test_augmentation_pipeline_is_built_once_per_worker_thread(synthetic_dir, mo
     assert 1 <= len(built) <= 2  # one per thread, not one per batch
     for first, again in zip(batches[:4], batches[4:]):  # the same batch, whichever thread made it
         np.testing.assert_array_equal(first[0], again[0])
+
+
+def test_only_this_projects_pngs_count_as_its_outputs(tmp_path):
+    grey, rgb = np.arange(20, dtype=np.uint8).reshape(4, 5), np.zeros((4, 5, 3), np.uint8)
+    for pixels in (grey, rgb):
+        own = tmp_path / f"own{pixels.ndim}.png"
+        own.write_bytes(lesion_files.encode_png(pixels))
+        np.testing.assert_array_equal(np.asarray(Image.open(own)), pixels)
+        assert lesion_files.is_own_output_png(own)
+    plain = tmp_path / "plain.png"
+    Image.fromarray(grey).save(plain)
+    other = tmp_path / "other.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "GIMP 2.10")
+    Image.fromarray(grey).save(other, pnginfo=info)
+    jpeg = tmp_path / "own.jpg"
+    Image.fromarray(rgb).save(jpeg)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(lesion_files.encode_png(grey)[:20])
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    for path in (plain, other, jpeg, broken, folder, tmp_path / "missing.png"):
+        assert not lesion_files.is_own_output_png(path), path

@@ -24,6 +24,7 @@ import dataGenerator
 import errors
 import evaluate
 import inference
+import lesion_files
 import plots
 import predict
 import runfolder
@@ -176,6 +177,24 @@ def test_predict_into_its_input_folder_does_not_feed_on_its_outputs(tmp_path, ti
         predict.main([tiny_model, str(folder), "--out", str(folder), "--overlay", "--no-progress"])
         assert "wrote 1 mask(s)" in capsys.readouterr().out
     assert sorted(os.listdir(folder)) == ["a.jpg", "a_overlay.png", "a_segmentation.png"]
+
+
+def test_predict_never_replaces_a_mask_it_did_not_write(tmp_path, tiny_model):
+    # The ISIC layout names expert masks as predict.py names its masks: --out at the masks folder.
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for name in ("a", "b"):
+        _image(images / f"{name}.jpg")
+        Image.fromarray(np.full((20, 30), 255, np.uint8)).save(masks / f"{name}_segmentation.png")
+    expert = {path.name: path.read_bytes() for path in masks.iterdir()}
+    with pytest.raises(InputError, match=r"a_segmentation.png and 1 more: files that predict.py did not write"):
+        predict.main([tiny_model, str(images), "--out", str(masks), "--no-progress"])
+    assert {path.name: path.read_bytes() for path in masks.iterdir()} == expert
+    predict.main([tiny_model, str(images), "--out", str(masks), "--overwrite", "--no-progress"])
+    assert sorted(os.listdir(masks)) == ["a_segmentation.png", "b_segmentation.png"]
+    assert all(lesion_files.is_own_output_png(masks / name) for name in expert)
+    assert (masks / "a_segmentation.png").read_bytes() != expert["a_segmentation.png"]
 
 
 def test_links_and_folders_named_like_images_are_ignored_everywhere(tmp_path, tiny_model):

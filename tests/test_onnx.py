@@ -91,6 +91,7 @@ def test_export_errors_are_one_line(tmp_path):
     assert result.returncode == 2 and "missing.keras: no such run folder or model file" in result.stderr
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
+    Image.new("RGB", (20, 16)).save(tmp_path / "photo.png")  # the images are checked first
     result = run_main("predict.py", str(bad), str(tmp_path), "--out", str(tmp_path / "m"))
     assert result.returncode == 2 and "bad.onnx: cannot load this ONNX model" in result.stderr
 
