@@ -8,14 +8,20 @@ drawn across it. The mask marks the lesion (hairs over the lesion stay lesion, a
 Files follow the ISIC layout: `images/<id>.jpg` and `masks/<id>_segmentation.png`.
 """
 
-import argparse
 import os
+import sys
 
 import numpy as np
 from PIL import Image
 from skimage import draw, filters
+from tqdm.auto import tqdm
 
+import cliargs
+from errors import InputError, run_cli
 from runfolder import atomic_write
+from settings import MASK_SUFFIX, image_id_of
+
+SAMPLE_PREFIX = "synthetic_"
 
 DEFAULT_SHAPE = (192, 256)  # (height, width), the ISIC 2017 copy's aspect ratio
 
@@ -93,7 +99,7 @@ def make_sample(seed, shape=DEFAULT_SHAPE):
     return image, mask.astype(np.uint8) * 255
 
 
-def write_dataset(out_dir, num_samples=200, shape=DEFAULT_SHAPE, seed=0):
+def write_dataset(out_dir, num_samples=200, shape=DEFAULT_SHAPE, seed=0, progress=False):
     """Writes a synthetic data set in the ISIC layout, skipping samples already on disk.
 
     Args:
@@ -101,18 +107,29 @@ def write_dataset(out_dir, num_samples=200, shape=DEFAULT_SHAPE, seed=0):
         num_samples: how many image/mask pairs.
         shape: `(height, width)` of every sample.
         seed: base seed; sample `i` uses `seed * 1_000_003 + i`.
+        progress: show a progress bar.
 
     Returns:
         `out_dir`.
+
+    Raises:
+        InputError: `out_dir` already holds images or masks that are not synthetic (a real data
+            set, which synthetic pairs would silently join).
     """
     images_dir = os.path.join(out_dir, "images")
     masks_dir = os.path.join(out_dir, "masks")
+    for folder in (images_dir, masks_dir):
+        others = sorted(name for name in (os.listdir(folder) if os.path.isdir(folder) else ())
+                        if image_id_of(name) is not None and not name.startswith(SAMPLE_PREFIX))
+        if others:
+            raise InputError(f"{folder}: holds {len(others)} image(s) that are not synthetic (e.g. {others[0]}); "
+                             "synthetic pairs would join that data set: choose another --out")
     os.makedirs(images_dir, exist_ok=True)
     os.makedirs(masks_dir, exist_ok=True)
-    for index in range(num_samples):
-        sample_id = f"synthetic_{index:04d}"
+    for index in tqdm(range(num_samples), desc="synthetic pairs", unit="pair", disable=not progress):
+        sample_id = f"{SAMPLE_PREFIX}{index:04d}"
         image_path = os.path.join(images_dir, sample_id + ".jpg")
-        mask_path = os.path.join(masks_dir, sample_id + "_segmentation.png")
+        mask_path = os.path.join(masks_dir, sample_id + MASK_SUFFIX)
         if os.path.exists(image_path) and os.path.exists(mask_path):
             continue
         image, mask = make_sample(seed * 1_000_003 + index, shape)
@@ -123,20 +140,22 @@ def write_dataset(out_dir, num_samples=200, shape=DEFAULT_SHAPE, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = cliargs.ArgumentParser(
         description="Write a synthetic lesion data set (images/ and masks/, ISIC layout)."
     )
     parser.add_argument("--out", default="data/synthetic", help="output folder (default: %(default)s)")
-    parser.add_argument("--num", type=int, default=200, help="number of pairs (default: %(default)s)")
+    parser.add_argument("--num", type=cliargs.int_range(1), default=200, help="number of pairs (default: %(default)s)")
     parser.add_argument(
-        "--shape", type=int, nargs=2, default=list(DEFAULT_SHAPE), metavar=("H", "W"),
-        help="image height and width (default: %(default)s)",
+        "--shape", type=cliargs.int_range(16, 8192), nargs=2, default=list(DEFAULT_SHAPE), metavar=("H", "W"),
+        help="image height and width in pixels, 16 to 8192 (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--seed", type=cliargs.int_range(0, 2**32 - 1), default=0,
+                        help="random seed (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    write_dataset(args.out, args.num, tuple(args.shape), args.seed)
-    print(f"Wrote {args.num} synthetic pairs to {args.out}/images and {args.out}/masks")
+    write_dataset(args.out, args.num, tuple(args.shape), args.seed, progress=not args.no_progress)
+    print(f"wrote {args.num} synthetic pairs to {args.out}/images and {args.out}/masks")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

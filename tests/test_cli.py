@@ -183,7 +183,7 @@ def test_scoring_predict_py_masks_equals_scoring_the_model(trained_run, syntheti
 def test_help_loads_no_keras():
     """--help (and a bad flag) answer before Keras loads: no TensorFlow start-up of 10-15 s."""
     code = ("import sys\n"
-            "for script in ('train', 'evaluate', 'predict', 'make_figures', 'download_isic', 'app'):\n"
+            "for script in ('train', 'evaluate', 'predict', 'make_figures', 'download_isic', 'app', 'synthetic'):\n"
             "    module = __import__(script)\n"
             "    for argv in (['--help'], ['--no-such-flag']):\n"
             "        try:\n"
@@ -203,9 +203,9 @@ def test_help_loads_no_keras():
     result = run_script("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "[]"
-    assert result.stdout.count("usage: ") == 9 and "--learning-rate" in result.stdout and "--max-upload-mb" in result.stdout
+    assert result.stdout.count("usage: ") == 10 and "--learning-rate" in result.stdout and "--max-upload-mb" in result.stdout
     assert "--base-filters" in result.stdout and "--no-augment" in result.stdout
-    assert result.stderr.count("error: ") == 9
+    assert result.stderr.count("error: ") == 10
 
 
 def test_scripts_are_quiet_but_real_warnings_pass(trained_run, synthetic_dir, tmp_path):

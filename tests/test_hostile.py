@@ -28,6 +28,7 @@ import lesion_files
 import plots
 import predict
 import runfolder
+import synthetic
 import train
 import training
 from conftest import ROOT, TINY
@@ -211,6 +212,25 @@ def test_links_and_folders_named_like_images_are_ignored_everywhere(tmp_path, ti
     masks.mkdir()
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(masks / "a_segmentation.png")
     assert [pair.id for pair in dataGenerator.find_pairs(str(folder), str(masks))] == ["a"]
+
+
+def test_synthetic_py_checks_its_flags_and_never_joins_a_real_data_set(tmp_path, capsys):
+    for argv, expected in ((["--num", "0"], "--num: must be an integer >= 1, got 0"),
+                           (["--shape", "0", "5"], "--shape: must be an integer >= 16 and <= 8192, got 0"),
+                           (["--seed", "-1"], "--seed: must be an integer >= 0")):
+        with pytest.raises(SystemExit):
+            synthetic.main(["--out", str(tmp_path / "syn"), *argv])
+        assert expected in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "syn")
+    data = tmp_path / "mydata"
+    synthetic.main(["--out", str(data), "--num", "2", "--shape", "16", "24", "--no-progress"])
+    assert sorted(os.listdir(data / "masks")) == ["synthetic_0000_segmentation.png", "synthetic_0001_segmentation.png"]
+    synthetic.main(["--out", str(data), "--num", "3", "--shape", "16", "24", "--no-progress"])  # tops up its own
+    assert len(os.listdir(data / "images")) == 3
+    _image(data / "images" / "ISIC_0000000.jpg")
+    with pytest.raises(InputError, match=r"mydata/images: holds 1 image\(s\) that are not synthetic \(e.g. ISIC_0000000"):
+        synthetic.main(["--out", str(data), "--num", "5", "--no-progress"])
+    assert len(os.listdir(data / "images")) == 4
 
 
 # 4. A diverged model is never saved, never called intact.
