@@ -101,6 +101,10 @@ def main(argv=None):
     if args.out is None:
         stem = os.path.splitext(model_path)[0]
         args.out = (os.path.basename(stem) if model_path == settings.DEFAULT_MODEL else stem) + ".onnx"
+    elif not args.out.lower().endswith(".onnx"):
+        # Anything else could be a file the user keeps: `--out RUN/best.keras` would replace the model itself.
+        raise InputError(f"{args.out}: --out must name a .onnx file (its pipeline description goes beside it, "
+                         "as .onnx.json)")
     import quiet  # Keras loads only now that the arguments are known to be good
 
     quiet.import_keras()

@@ -89,6 +89,11 @@ def test_evaluate_with_onnx_scores_as_keras(exported, synthetic_dir, tmp_path):
 def test_export_errors_are_one_line(tmp_path):
     result = run_main("export.py", str(tmp_path / "missing.keras"))
     assert result.returncode == 2 and "missing.keras: no such run folder or model file" in result.stderr
+    model = tmp_path / "best.keras"
+    model.write_bytes(b"a model to keep")
+    result = run_main("export.py", str(model), "--out", str(model))  # a slip that would replace the model
+    assert result.returncode == 2 and "best.keras: --out must name a .onnx file" in result.stderr
+    assert model.read_bytes() == b"a model to keep"
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
     Image.new("RGB", (20, 16)).save(tmp_path / "photo.png")  # the images are checked first
