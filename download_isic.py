@@ -155,7 +155,8 @@ def main(argv=None):
     parser.add_argument("--all", action="store_true", help="also the validation and test sets (default: training only)")
     parser.add_argument("--base-url", default=BASE_URL, help="where the archives are served (default: %(default)s)")
     parser.add_argument("--delete-archives", action="store_true", help="delete each archive once unpacked")
-    parser.add_argument("--retries", type=int, default=5, help="attempts after a cut connection (default: %(default)s)")
+    parser.add_argument("--retries", type=cliargs.int_range(0, 100), default=5,
+                        help="attempts after a cut connection, 0 to 100 (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     report = fetch(args.out, args.all, args.base_url, not args.delete_archives, not args.no_progress, args.retries)

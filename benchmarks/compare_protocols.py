@@ -12,7 +12,6 @@ decides whether an effect of 0.003 is real. Training time is the sum of the runs
 clocks, where the report's groups are run folders (or models inside them).
 """
 
-import argparse
 import json
 import os
 import sys
@@ -20,6 +19,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cliargs  # noqa: E402 (the project folder, added above)
 
 BOOTSTRAP_RESAMPLES = 10_000
 
@@ -173,12 +174,12 @@ def table(results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cliargs.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", metavar="REPORT",
                         help="protocol.json of cv_protocol.py or --report JSON of shift_protocol.py; the first "
                              "is the baseline")
     parser.add_argument("--labels", nargs="+", default=None, help="a name per report (default: the paths)")
-    parser.add_argument("--resamples", type=int, default=BOOTSTRAP_RESAMPLES,
+    parser.add_argument("--resamples", type=cliargs.int_range(100), default=BOOTSTRAP_RESAMPLES,
                         help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--out", default=None, help="also write the table here (default: print only)")
     args = parser.parse_args(argv)

@@ -16,7 +16,6 @@ at a time is fastest). The result, `OUT/protocol.md` (the table of
 compares recipes on every image once. See README, "Judging generalisation to other sources".
 """
 
-import argparse
 import os
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cliargs  # noqa: E402 (the project folder, added above)
 
 
 def fold_dirs(out, folds):
@@ -116,17 +117,15 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     train_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = cliargs.ArgumentParser(description=__doc__.splitlines()[0],
                                      usage="%(prog)s --out DIR [--folds K] -- TRAIN.PY FLAGS")
     parser.add_argument("--out", required=True, help="folder for the fold runs and the protocol's report")
-    parser.add_argument("--folds", type=int, default=5, help="number of folds (default: %(default)s)")
-    parser.add_argument("--parallel", type=int, default=1,
+    parser.add_argument("--folds", type=cliargs.int_range(2, 100), default=5, help="number of folds (default: %(default)s)")
+    parser.add_argument("--parallel", type=cliargs.int_range(1), default=1,
                         help="folds to train at once, each in its own process (default: %(default)s)")
     parser.add_argument("--shifts", nargs="+", default=None,
                         help="shifts to score: none, zoom, dark, vignette, blur (default: all)")
     args = parser.parse_args(own)
-    if args.parallel < 1:
-        parser.error(f"--parallel must be at least 1, got {args.parallel}")
     if any(flag in train_args for flag in ("--out", "--folds", "--fold", "--resume", "--overwrite")):
         parser.error("--out, --folds, --fold, --resume and --overwrite are this script's to set")
 

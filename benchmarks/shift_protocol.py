@@ -18,7 +18,6 @@ official test set), `dark` (gamma 1.5), `vignette` (dark corners, as some dermos
 table gives mean Dice overall and in each lesion-size band, the band taken from the shifted mask.
 """
 
-import argparse
 import os
 import sys
 
@@ -26,6 +25,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cliargs  # noqa: E402 (the project folder, added above)
 
 SHIFTS = ("none", "zoom", "dark", "vignette", "blur")
 ZOOM = 1.4
@@ -167,19 +168,20 @@ def table(results_by_group):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cliargs.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="*", default=[], help="run folders whose test splits to score "
                                                               "(e.g. the k folds) (default: none)")
     parser.add_argument("--model", default=None, help="a .keras model to score on --data's split (default: none)")
     parser.add_argument("--data", default=None, help="with --model: folder with images/ and masks/ (default: none)")
     parser.add_argument("--split", choices=("val", "test"), default="val",
                         help="with --model: which part of the seeded 80/10/10 split (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="with --model: the split's seed (default: %(default)s)")
+    parser.add_argument("--seed", type=cliargs.int_range(0, 2**32 - 1), default=0, help="with --model: the split's seed (default: %(default)s)")
     parser.add_argument("--shifts", nargs="+", choices=SHIFTS, default=list(SHIFTS),
                         help="conditions to score (default: all)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
+    parser.add_argument("--threshold", type=cliargs.float_range(0, 1), default=0.5,
+                        help="probability threshold, 0 to 1 (default: %(default)s)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (default: off)")
-    parser.add_argument("--scales", nargs="+", type=float, default=[1.0],
+    parser.add_argument("--scales", nargs="+", type=cliargs.float_range(0, 1, low_open=True), default=[1.0],
                         help="multi-scale TTA: average the predictions of the image shrunk by each factor "
                              "(mirror-padded back to size), e.g. 1 0.8 (default: %(default)s, none)")
     parser.add_argument("--report", default=None, help="also write the per-image rows as JSON here (default: none)")

@@ -134,3 +134,10 @@ def test_damaged_archive_and_missing_address_are_clear_errors(server, tmp_path):
         download_isic.check_archive(str(damaged))
     with pytest.raises(InputError, match="404"):
         download_isic.download(f"{url}/nothing.zip", str(tmp_path / "nothing.zip"), progress=False)
+
+
+def test_retries_flag_is_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):  # -1 tried nothing, then failed on the error of no attempt
+        download_isic.main(["--out", str(tmp_path / "isic"), "--retries", "-1", "--base-url", "http://127.0.0.1:9"])
+    assert "--retries: must be an integer >= 0 and <= 100, got -1" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "isic")

@@ -139,3 +139,18 @@ def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
         compare_protocols.compare([base, str(binary)])
     with pytest.raises(ValueError, match="at least two"):
         compare_protocols.compare([base])
+
+
+@pytest.mark.parametrize("script, argv, expected", [
+    (shift_protocol, ["--model", "m.keras", "--data", "d", "--scales", "1", "0"], "--scales: must be a finite number > 0"),
+    (shift_protocol, ["--model", "m.keras", "--data", "d", "--threshold", "nan"], "--threshold: must be a finite number"),
+    (shift_protocol, ["--model", "m.keras", "--data", "d", "--seed", "-1"], "--seed: must be an integer >= 0"),
+    (cv_protocol, ["--out", "o", "--folds", "1"], "--folds: must be an integer >= 2"),
+    (cv_protocol, ["--out", "o", "--parallel", "0"], "--parallel: must be an integer >= 1, got 0"),
+    (compare_protocols, ["a.json", "b.json", "--resamples", "0"], "--resamples: must be an integer >= 100"),
+])
+def test_protocol_scripts_check_their_flags_in_one_line(script, argv, expected, capsys):
+    with pytest.raises(SystemExit) as stop:
+        script.main(argv)
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and expected in error and len(error.strip().splitlines()) == 1, error
