@@ -336,7 +336,7 @@ def is_own_output_png(path):
     try:
         with Image.open(path) as image:
             return image.format == "PNG" and image.info.get("Software") == OUTPUT_PNG_SOFTWARE
-    except (*_DECODE_ERRORS, Image.DecompressionBombWarning):
+    except _DECODE_ERRORS:
         return False
 
 
