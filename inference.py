@@ -86,6 +86,12 @@ def _check_shapes(model, path):
     return model
 
 
+def check_model_file(path):
+    """Raises InputError unless `path` is an existing file: the check that needs no loading."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: model file not found; pass a .keras or .onnx file or a run folder")
+
+
 def load_model(path):
     """Loads a `.keras` model with safe mode on, or an `.onnx` one with ONNX Runtime, checking that
     it takes RGB images of a fixed size.
@@ -101,8 +107,7 @@ def load_model(path):
             (a `Lambda` layer), does not map `(h, w, 3)` images to `(h, w, 1)` masks, or has no
             fixed input size.
     """
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: model file not found; pass a .keras or .onnx file or a run folder")
+    check_model_file(path)
     if path.lower().endswith(".onnx"):
         return _check_shapes(OnnxModel(path), path)
     import keras

@@ -159,6 +159,7 @@ def main(argv=None):
     import lesion_files
     import plots
 
+    inference.check_model_file(model_path)  # the cheap checks first, in the order of the command line
     paths = collect_images(inputs)
     check_outputs(paths, args.out, args.overlay, args.overwrite)
     model = inference.load_model(model_path)
