@@ -118,9 +118,10 @@ def main(argv=None):
     train_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = cliargs.ArgumentParser(description=__doc__.splitlines()[0],
-                                     usage="%(prog)s --out DIR [--folds K] -- TRAIN.PY FLAGS")
+                                    usage="%(prog)s --out DIR [--folds K] -- TRAIN.PY FLAGS")
     parser.add_argument("--out", required=True, help="folder for the fold runs and the protocol's report")
-    parser.add_argument("--folds", type=cliargs.int_range(2, 100), default=5, help="number of folds (default: %(default)s)")
+    parser.add_argument("--folds", type=cliargs.int_range(2, 100), default=5,
+                        help="number of folds, 2 to 100 (default: %(default)s)")
     parser.add_argument("--parallel", type=cliargs.int_range(1), default=1,
                         help="folds to train at once, each in its own process (default: %(default)s)")
     parser.add_argument("--shifts", nargs="+", default=None,

@@ -175,7 +175,8 @@ def main(argv=None):
     parser.add_argument("--data", default=None, help="with --model: folder with images/ and masks/ (default: none)")
     parser.add_argument("--split", choices=("val", "test"), default="val",
                         help="with --model: which part of the seeded 80/10/10 split (default: %(default)s)")
-    parser.add_argument("--seed", type=cliargs.int_range(0, 2**32 - 1), default=0, help="with --model: the split's seed (default: %(default)s)")
+    parser.add_argument("--seed", type=cliargs.int_range(0, 2**32 - 1), default=0,
+                        help="with --model: the split's seed (default: %(default)s)")
     parser.add_argument("--shifts", nargs="+", choices=SHIFTS, default=list(SHIFTS),
                         help="conditions to score (default: all)")
     parser.add_argument("--threshold", type=cliargs.float_range(0, 1), default=0.5,
