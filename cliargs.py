@@ -96,8 +96,8 @@ def model_summary_parser(model_title, base_filters, depth, depth_help):
     """The parser of `python model_*.py`, which prints a model's summary: `--image-size`,
     `--base-filters` and `--depth`, with the model's own defaults."""
     parser = ArgumentParser(description=f"Print the {model_title}'s summary and size.")
-    parser.add_argument("--image-size", type=int_range(1), nargs=2, default=[128, 128], metavar=("H", "W"),
-                        help="input height and width (default: %(default)s)")
+    parser.add_argument("--image-size", type=int_range(1), nargs=2, default=list(settings.DEFAULT_IMAGE_SIZE),
+                        metavar=("H", "W"), help="input height and width (default: %(default)s)")
     parser.add_argument("--base-filters", type=int_range(1), default=base_filters,
                         help="filters at level 1 (default: %(default)s)")
     parser.add_argument("--depth", type=int_range(1), default=depth, help=f"{depth_help} (default: %(default)s)")

@@ -244,7 +244,8 @@ class AppServer(ThreadingHTTPServer):
         if name not in self.example_seeds:
             return None
         if name not in self._example_pngs:
-            self._example_pngs[name] = lesion_files.encode_png(synthetic.make_sample(self.example_seeds[name], EXAMPLE_SHAPE)[0])
+            image = synthetic.make_sample(self.example_seeds[name], EXAMPLE_SHAPE)[0]
+            self._example_pngs[name] = lesion_files.encode_png(image)
         return self._example_pngs[name]
 
     def info(self):
