@@ -51,7 +51,8 @@ def float_range(low=None, high=None, low_open=False):
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number {_describe(low, high, low_open)}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"must be a number {_describe(low, high, low_open)}, got {text!r}") from None
         too_low = low is not None and (value <= low if low_open else value < low)
         if not math.isfinite(value) or too_low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be a finite number {_describe(low, high, low_open)}, got {text}")

@@ -29,8 +29,10 @@ def _argument_parser():
     cliargs.add_data_arguments(parser)
     parser.add_argument("--image-size", type=int_range(1, 4096), nargs=2, default=list(DEFAULT_IMAGE_SIZE),
                         metavar=("H", "W"), help="batch image size (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int_range(1, 64), default=8, help="images in the figure (default: %(default)s)")
-    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="split and augmentation seed (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int_range(1, 64), default=8,
+                        help="images in the figure (default: %(default)s)")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0,
+                        help="split and augmentation seed (default: %(default)s)")
     parser.add_argument("--no-augment", action="store_true", help="show the batch without augmentation")
     parser.add_argument("--out", default=os.path.join("runs", "batch.png"),
                         help="where to save the batch figure (default: %(default)s)")

@@ -123,6 +123,16 @@ def unpack(path, target_dir, kind):
     return extracted, skipped
 
 
+def _check_unpacked(target_dir):
+    """Raises `InputError` if no file in `target_dir` is named as the ISIC archives' are (`ISIC_*`):
+    a folder of someone's own images there would otherwise be reported as downloaded."""
+    names = sorted(os.listdir(target_dir))
+    if not any(name.startswith("ISIC_") for name in names):
+        raise InputError(f"{target_dir}: holds {len(names)} file(s), none from the ISIC archives "
+                         f"(e.g. {names[0]}), so it is neither skipped as downloaded nor replaced; "
+                         "pass another --out")
+
+
 def fetch(out_dir, include_all=False, base_url=BASE_URL, keep_archives=True, progress=True, retries=5):
     """Downloads, checks and unpacks the archives into `out_dir`.
 
@@ -135,6 +145,7 @@ def fetch(out_dir, include_all=False, base_url=BASE_URL, keep_archives=True, pro
     for name, subset, kind in ARCHIVES if include_all else ARCHIVES[:2]:
         target_dir = os.path.join(out_dir, subset, kind)
         if os.path.isdir(target_dir) and os.listdir(target_dir):
+            _check_unpacked(target_dir)
             report.append((name, target_dir, None, None))
             continue
         path = os.path.join(archive_dir, name)
@@ -164,7 +175,8 @@ def main(argv=None):
         if extracted is None:
             print(f"{target}: already there, skipped")
         else:
-            print(f"{name} -> {target}: {extracted} files" + (f" ({skipped} non-image files skipped)" if skipped else ""))
+            note = f" ({skipped} non-image files skipped)" if skipped else ""
+            print(f"{name} -> {target}: {extracted} files{note}")
     print(f"next: python train.py --data {args.out}")
 
 

@@ -7,7 +7,8 @@
 
 Predictions are made at the model's input size, resized back (bilinear) to each mask's size,
 thresholded at 0.5 and scored per image (see `metrics.py` for the metrics and the empty-mask rule).
-Writes `metrics.json`, `per_image.csv` and `cases.png` (best, median and worst cases) to `--out`.
+Writes `metrics.json`, `per_image.csv` and `cases.png` (best, median and worst cases) to `--out`,
+replacing an earlier report there but not files of those names that something else wrote.
 The scoring itself is `scoring.py`'s; this file is the command line.
 """
 
@@ -38,6 +39,9 @@ def build_parser():
                         help="score a folder of predicted masks (<id>_segmentation.png, e.g. from predict.py) "
                              "against --data instead of running a model; writes metrics.json and "
                              "per_image.csv (default: off)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace metrics.json, per_image.csv and cases.png in --out even where they are "
+                             "not an earlier report of evaluate.py (default: off; such a folder is refused)")
     cliargs.add_inference_arguments(parser)
     return parser
 
@@ -56,6 +60,7 @@ def evaluate_predictions(args):
     out_dir = args.out or "evaluation"
     if runfolder.is_run_folder(out_dir):
         raise InputError(f"--out {out_dir}: a run folder of train.py; choose another --out")
+    scoring.check_report_folder(out_dir, args.overwrite)
     rows = scoring.score_mask_folder(args.predictions, pairs)
     summary = scoring.write_report(rows, make_output_dir(out_dir),
                            {"predictions": os.path.abspath(args.predictions), "images": f"every pair in {folders[0]}"})
@@ -80,6 +85,7 @@ def main(argv=None):
     if runfolder.is_run_folder(out_dir):
         raise InputError(f"--out {out_dir}: a run folder of train.py; its own metrics.json and per_image.csv "
                          f"would be replaced; choose another --out (default: {default_out})")
+    scoring.check_report_folder(out_dir, args.overwrite)
     model = inference.load_model(model_path)  # before the folder is made: a refused model leaves nothing
     out_dir = make_output_dir(out_dir)
     print(f"Evaluating {model_path} on {description} ({len(pairs)} images, model input "

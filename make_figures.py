@@ -48,8 +48,11 @@ def main(argv=None):
     if args.run is None:
         return
     config = runfolder.read_config(args.run)
-    plots.save_curves(plots.read_history(os.path.join(args.run, runfolder.HISTORY)), os.path.join(args.out, "training_curves.png"),
-                      f"{'Improved' if config['model'] == 'improved' else 'Basic'} U-Net on ISIC 2017, {config['image_size'][0]}x{config['image_size'][1]}, "
+    architecture = "Improved" if config["model"] == "improved" else "Basic"
+    height, width = config["image_size"]
+    plots.save_curves(plots.read_history(os.path.join(args.run, runfolder.HISTORY)),
+                      os.path.join(args.out, "training_curves.png"),
+                      f"{architecture} U-Net on ISIC 2017, {height}x{width}, "
                       f"{config['epochs']} epochs (validation split)")
     model_path, pairs, description, _ = scoring.resolve_target(args.run, None, None, None, False, "test")
     model = inference.load_model(model_path)

@@ -176,7 +176,8 @@ def save_architecture_figure(model, path):
 
     for level, name in encoder.items():
         x, y = (4.2, -level) if level == depth else enc_xy(level)
-        text = f"level {level}: {enc_text if level < depth or improved else 'bottom: ' + enc_text}\n{_level_shape(model, name)}"
+        label = enc_text if level < depth or improved else "bottom: " + enc_text
+        text = f"level {level}: {label}\n{_level_shape(model, name)}"
         axis.text(x, y, text, ha="center", va="center", fontsize=8, bbox=box)
         if level > 1:
             px, py = enc_xy(level - 1)

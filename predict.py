@@ -12,9 +12,6 @@ the image.
 import os
 import sys
 
-import numpy as np
-from PIL import Image
-
 import cliargs
 import runfolder
 import settings

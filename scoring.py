@@ -6,6 +6,7 @@ The library behind `evaluate.py` and the test report of `training.py`: a model's
 """
 
 import csv
+import json
 import os
 
 import inference
@@ -111,6 +112,49 @@ def save_cases(model, pairs, rows, path, tta=False, postprocess=False, threshold
     plots.save_cases_figure(cases, path, title)
 
 
+REPORT_FILES = ("metrics.json", "per_image.csv", runfolder.CASES)
+_CSV_FIELDS = ["id", *metrics.REPORT_METRICS, "lesion_fraction"]
+
+
+def _is_own_report(out_dir):
+    """Whether `out_dir`'s report files are an earlier report of `write_report`: its metrics.json is
+    one (a summary with its settings) and its per_image.csv, if any, has this project's columns."""
+    try:
+        with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as handle:
+            summary = json.load(handle)
+        if not (isinstance(summary, dict) and {"n_images", "median", "settings"} <= summary.keys()):
+            return False
+        csv_path = os.path.join(out_dir, "per_image.csv")
+        if os.path.exists(csv_path):
+            with open(csv_path, newline="", encoding="utf-8") as handle:
+                return next(csv.reader(handle), None) == _CSV_FIELDS
+        return True
+    except (OSError, ValueError):  # missing, unreadable, not JSON or not text
+        return False
+
+
+def check_report_folder(out_dir, overwrite=False):
+    """Refuses an output folder whose report files another program (or a person) wrote.
+
+    `write_report` and `save_cases` replace `metrics.json`, `per_image.csv` and `cases.png`; in a
+    folder that holds an earlier report of this project that is a re-run, anywhere else the files
+    are someone's data.
+
+    Args:
+        out_dir: the folder the report is about to be written to (it need not exist).
+        overwrite: replace such files anyway.
+
+    Raises:
+        InputError: the folder holds one of those files and no earlier report.
+    """
+    if overwrite or not os.path.isdir(out_dir):
+        return
+    present = [name for name in REPORT_FILES if os.path.lexists(os.path.join(out_dir, name))]
+    if present and not _is_own_report(out_dir):
+        raise InputError(f"--out {out_dir}: holds {', '.join(present)}, not a report of evaluate.py, which "
+                         "would replace them; choose another --out, or pass --overwrite to replace them")
+
+
 def write_report(rows, out_dir, settings):
     """Writes `metrics.json` (means, medians, image count, settings) and `per_image.csv`.
 
@@ -122,10 +166,11 @@ def write_report(rows, out_dir, settings):
     runfolder.save_json(summary, os.path.join(out_dir, "metrics.json"))
     csv_path = os.path.join(out_dir, "per_image.csv")
     with runfolder.atomic_write(csv_path) as tmp_path, open(tmp_path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["id", *metrics.REPORT_METRICS, "lesion_fraction"])
+        writer = csv.DictWriter(handle, fieldnames=_CSV_FIELDS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value) for key, value in row.items()})
+            writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value)
+                             for key, value in row.items()})
     return summary
 
 

@@ -85,13 +85,15 @@ def build_parser():
     parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0,
                         help="seed of the split, weights, order and augmentation (default: %(default)s)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<model>_<date>-<time>)")
-    parser.add_argument("--limit", type=int_range(3), default=None, help="use only the first N pairs, by id (default: all)")
+    parser.add_argument("--limit", type=int_range(3), default=None,
+                        help="use only the first N pairs, by id (default: all)")
     parser.add_argument("--folds", type=int_range(2, 100), default=None,
                         help="cross-validation: cut the pairs into K seeded folds, test on fold --fold, "
                              "validate on 10%% of the rest (default: no folds, a seeded 80/10/10 split)")
     parser.add_argument("--fold", type=int_range(0, 99), default=0,
                         help="with --folds: the test fold, 0 to K-1 (default: %(default)s)")
-    parser.add_argument("--workers", type=int_range(1, 64), default=2, help="threads preparing batches (default: %(default)s)")
+    parser.add_argument("--workers", type=int_range(1, 64), default=2,
+                        help="threads preparing batches (default: %(default)s)")
     parser.add_argument("--cache-dir", default=settings.default_cache_dir(),
                         help="where decoded, resized images are cached between runs, keyed by the files' "
                              "names, sizes and dates (default: %(default)s)")

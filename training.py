@@ -360,7 +360,8 @@ def _prepare_resume(run_dir, epochs, folders, setup):
 def _select_split(setup, run_dir, config, state, pairs, split):
     split_path = os.path.join(run_dir, runfolder.SPLIT)
     setup.update(config=config, state=state, pairs=pairs,
-                 **{name: dataGenerator.select_pairs(pairs, split[name], split_path) for name in ("train", "val", "test")})
+                 **{name: dataGenerator.select_pairs(pairs, split[name], split_path)
+                    for name in ("train", "val", "test")})
 
 
 def _make_datasets(setup, spread, workers, use_cache, cache_dir, verbose):

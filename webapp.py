@@ -192,7 +192,8 @@ class Segmenter:
             image_preview = np.asarray(Image.fromarray(image).resize(preview_size[::-1], Image.BILINEAR))
         else:  # large JPEGs decode at reduced scale (draft mode) for each of the two sizes
             overlay_size = fit_size((height, width), OVERLAY_SIDE)
-            overlay = plots.draw_outline(lesion_files.read_image(path, overlay_size), nearest_resize(mask, overlay_size))
+            overlay = plots.draw_outline(lesion_files.read_image(path, overlay_size),
+                                         nearest_resize(mask, overlay_size))
             image_preview = lesion_files.read_image(path, preview_size)
             notes.append(f"the overlay download is {overlay_size[1]}x{overlay_size[0]} pixels, not the image's "
                          f"{width}x{height}; the mask download is full size")

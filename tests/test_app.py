@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import plots
 import settings
 import synthetic
 from conftest import ROOT, run_main

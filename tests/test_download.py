@@ -101,6 +101,17 @@ def test_download_check_and_unpack(server, tmp_path):
     assert all(r[2] is None for r in again) and len(state["requests"]) == count
 
 
+def test_a_folder_of_other_images_is_neither_skipped_nor_replaced(server, tmp_path):
+    url, _, state = server
+    images = tmp_path / "mine" / "images"
+    images.mkdir(parents=True)
+    (images / "patient_01.jpg").write_bytes(b"someone's photo")
+    with pytest.raises(InputError, match=r"images: holds 1 file\(s\), none from the ISIC archives "
+                                         r"\(e.g. patient_01.jpg\)"):
+        download_isic.fetch(str(tmp_path / "mine"), base_url=url, progress=False)
+    assert os.listdir(images) == ["patient_01.jpg"] and not state["requests"]
+
+
 def test_resume_after_a_cut_connection(server, tmp_path):
     url, files, state = server
     name = "ISIC2018_Task1-2_Training_Input.zip"

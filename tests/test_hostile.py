@@ -392,7 +392,8 @@ def test_resume_takes_moved_data_and_names_ignored_flags(tmp_path, synthetic_dir
         train.main(["--out", run, "--resume", "--data", str(other)])
 
 
-# 12, 15. evaluate.py writes nothing for a refused model, and never into a run folder.
+# 12, 15. evaluate.py writes nothing for a refused model, never into a run folder, and replaces no
+# files of its report's names that it did not write.
 
 def test_evaluate_leaves_no_output_for_a_refused_model(tmp_path, synthetic_dir):
     bad = tmp_path / "bad.keras"
@@ -410,6 +411,32 @@ def test_evaluate_refuses_to_write_into_a_run_folder(tmp_path, tiny_model, synth
         evaluate.main([tiny_model, "--data", synthetic_dir, "--out", run])
     with open(os.path.join(run, "metrics.json")) as handle:
         assert json.load(handle) == {"dice": 0.9}
+
+
+def test_evaluate_replaces_its_own_report_but_not_other_files(tmp_path, tiny_model, synthetic_dir):
+    masks = os.path.join(synthetic_dir, "masks")  # the truth as predictions: no model needed
+    out = tmp_path / "results"
+    evaluate.main(["--predictions", masks, "--data", synthetic_dir, "--out", str(out)])
+    evaluate.main(["--predictions", masks, "--data", synthetic_dir, "--out", str(out)])  # a re-run replaces
+    with open(out / "metrics.json") as handle:
+        assert json.load(handle)["dice"] == 1.0
+    # Someone's own files of those names, alone or beside a report of ours, are kept.
+    (out / "per_image.csv").write_text("patient,score\n7,0.5\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text('{"accuracy": 0.97}')
+    (mine / "cases.png").write_bytes(b"someone's figure")
+    for folder, argv in ((out, ["--predictions", masks]), (mine, ["--predictions", masks]),
+                         (mine, [tiny_model, "--no-progress"])):
+        with pytest.raises(InputError, match=f"{folder.name}: holds .*--overwrite"):
+            evaluate.main([*argv, "--data", synthetic_dir, "--out", str(folder)])
+    assert (out / "per_image.csv").read_text() == "patient,score\n7,0.5\n"
+    assert (mine / "metrics.json").read_text() == '{"accuracy": 0.97}'
+    assert (mine / "cases.png").read_bytes() == b"someone's figure"
+    evaluate.main([tiny_model, "--data", synthetic_dir, "--out", str(mine), "--no-progress", "--overwrite"])
+    with open(mine / "metrics.json") as handle:
+        assert json.load(handle)["n_images"] == 24
+    assert (mine / "cases.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_evaluate_names_a_missing_target(tmp_path):
