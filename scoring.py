@@ -118,7 +118,7 @@ _CSV_FIELDS = ["id", *metrics.REPORT_METRICS, "lesion_fraction"]
 
 def _is_own_report(out_dir):
     """Whether `out_dir`'s report files are an earlier report of `write_report`: its metrics.json is
-    one (a summary with its settings) and its per_image.csv, if any, has this project's columns."""
+    one (a summary with its settings) and its per_image.csv, if any, has this project's metrics."""
     try:
         with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as handle:
             summary = json.load(handle)
@@ -127,7 +127,9 @@ def _is_own_report(out_dir):
         csv_path = os.path.join(out_dir, "per_image.csv")
         if os.path.exists(csv_path):
             with open(csv_path, newline="", encoding="utf-8") as handle:
-                return next(csv.reader(handle), None) == _CSV_FIELDS
+                header = next(csv.reader(handle), [])
+            # Earlier versions wrote fewer columns (no lesion_fraction): still a report of ours.
+            return header[:1] == ["id"] and set(metrics.REPORT_METRICS) <= set(header)
         return True
     except (OSError, ValueError):  # missing, unreadable, not JSON or not text
         return False
