@@ -36,9 +36,9 @@ rm -rf "$work"; mkdir -p "$work"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   "$PYTHON" -c "import keras; print('keras', keras.__version__, keras.backend.backend())"; } | tee "$work/device.txt"
 
-# Scoring 5 x 2,148 images under 5 conditions takes about 2 minutes (the CPU side alone, shifting,
-# resizing, post-processing and scoring, measured 6 ms per image and condition on the 2-core AMD
-# machine: 65 s, before the model's calls): training gets what is left after that. Every run
+# Scoring 5 x 2,148 images under 5 conditions: its CPU side alone (shifting, resizing, post-processing,
+# metrics) measured 6 ms per image and condition on the 2-core AMD machine, 65 s, and the model's calls
+# come on top, so SCORE_SECONDS are kept for it and training gets what is left. Every run
 # gets it as train.py's --time-budget, so however slowly the shared GPU goes, each run re-plans its
 # epochs to finish (annealed, test report written) before the timeout would kill it; the epochs each
 # run trained are in its config.json.
