@@ -60,7 +60,7 @@ def evaluate_predictions(args):
     out_dir = args.out or "evaluation"
     if runfolder.is_run_folder(out_dir):
         raise InputError(f"--out {out_dir}: a run folder of train.py; choose another --out")
-    scoring.check_report_folder(out_dir, args.overwrite)
+    scoring.check_report_folder(out_dir, args.overwrite, (scoring.METRICS_FILE, scoring.PER_IMAGE_FILE))
     rows = scoring.score_mask_folder(args.predictions, pairs)
     summary = scoring.write_report(rows, make_output_dir(out_dir),
                            {"predictions": os.path.abspath(args.predictions), "images": f"every pair in {folders[0]}"})

@@ -112,7 +112,9 @@ def save_cases(model, pairs, rows, path, tta=False, postprocess=False, threshold
     plots.save_cases_figure(cases, path, title)
 
 
-REPORT_FILES = ("metrics.json", "per_image.csv", runfolder.CASES)
+METRICS_FILE = "metrics.json"
+PER_IMAGE_FILE = "per_image.csv"
+REPORT_FILES = (METRICS_FILE, PER_IMAGE_FILE, runfolder.CASES)  # what evaluate.py writes
 _CSV_FIELDS = ["id", *metrics.REPORT_METRICS, "lesion_fraction"]
 
 
@@ -120,11 +122,11 @@ def _is_own_report(out_dir):
     """Whether `out_dir`'s report files are an earlier report of `write_report`: its metrics.json is
     one (a summary with its settings) and its per_image.csv, if any, has this project's metrics."""
     try:
-        with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as handle:
+        with open(os.path.join(out_dir, METRICS_FILE), encoding="utf-8") as handle:
             summary = json.load(handle)
         if not (isinstance(summary, dict) and {"n_images", "median", "settings"} <= summary.keys()):
             return False
-        csv_path = os.path.join(out_dir, "per_image.csv")
+        csv_path = os.path.join(out_dir, PER_IMAGE_FILE)
         if os.path.exists(csv_path):
             with open(csv_path, newline="", encoding="utf-8") as handle:
                 header = next(csv.reader(handle), [])
@@ -135,7 +137,7 @@ def _is_own_report(out_dir):
         return False
 
 
-def check_report_folder(out_dir, overwrite=False):
+def check_report_folder(out_dir, overwrite=False, names=REPORT_FILES):
     """Refuses an output folder whose report files another program (or a person) wrote.
 
     `write_report` and `save_cases` replace `metrics.json`, `per_image.csv` and `cases.png`; in a
@@ -145,13 +147,14 @@ def check_report_folder(out_dir, overwrite=False):
     Args:
         out_dir: the folder the report is about to be written to (it need not exist).
         overwrite: replace such files anyway.
+        names: the report files about to be written (`--predictions` draws no cases.png).
 
     Raises:
         InputError: the folder holds one of those files and no earlier report.
     """
     if overwrite or not os.path.isdir(out_dir):
         return
-    present = [name for name in REPORT_FILES if os.path.lexists(os.path.join(out_dir, name))]
+    present = [name for name in names if os.path.lexists(os.path.join(out_dir, name))]
     if present and not _is_own_report(out_dir):
         raise InputError(f"--out {out_dir}: holds {', '.join(present)}, not a report of evaluate.py, which "
                          "would replace them; choose another --out, or pass --overwrite to replace them")
@@ -165,8 +168,8 @@ def write_report(rows, out_dir, settings):
     """
     os.makedirs(out_dir, exist_ok=True)
     summary = {**metrics.summarize(rows), "settings": settings}
-    runfolder.save_json(summary, os.path.join(out_dir, "metrics.json"))
-    csv_path = os.path.join(out_dir, "per_image.csv")
+    runfolder.save_json(summary, os.path.join(out_dir, METRICS_FILE))
+    csv_path = os.path.join(out_dir, PER_IMAGE_FILE)
     with runfolder.atomic_write(csv_path) as tmp_path, open(tmp_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=_CSV_FIELDS)
         writer.writeheader()

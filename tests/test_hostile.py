@@ -437,6 +437,12 @@ def test_evaluate_replaces_its_own_report_but_not_other_files(tmp_path, tiny_mod
     with open(mine / "metrics.json") as handle:
         assert json.load(handle)["n_images"] == 24
     assert (mine / "cases.png").read_bytes().startswith(b"\x89PNG")
+    # --predictions draws no figure, so someone's cases.png alone is no reason to stop.
+    figure_only = tmp_path / "figure_only"
+    figure_only.mkdir()
+    (figure_only / "cases.png").write_bytes(b"someone's figure")
+    evaluate.main(["--predictions", masks, "--data", synthetic_dir, "--out", str(figure_only)])
+    assert (figure_only / "cases.png").read_bytes() == b"someone's figure"
 
 
 def test_evaluate_names_a_missing_target(tmp_path):
