@@ -29,18 +29,35 @@ def save_model(model, path):
         model.save(tmp_path)
 
 
+def float32_config(config):
+    """Returns a copy of a model's `get_config()` whose layers compute in float32, whatever the dtype
+    policy they were built under (`mixed_bfloat16`, `mixed_float16`).
+
+    A model trained in mixed precision keeps float32 weights, so this is a change of arithmetic only.
+    """
+    if isinstance(config, list):
+        return [float32_config(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
+        return {**config, "config": {**config["config"], "name": "float32"}}
+    return {key: float32_config(value) for key, value in config.items()}
+
+
 def export_inference_model(model, path, weights=None):
-    """Saves an uncompiled copy of `model` (weights and architecture only), atomically.
+    """Saves an uncompiled float32 copy of `model` (weights and architecture only), atomically.
 
     Without a compile config the file loads with `keras.saving.load_model(path)` in any process,
-    whether or not this project's losses are importable there.
+    whether or not this project's losses are importable there. A model trained in mixed precision is
+    saved to compute in float32, so that it runs at full speed and precision on CPUs without native
+    bfloat16 (and exports to ONNX) wherever it was trained.
 
     Args:
         model: the model.
         path: the `.keras` file.
         weights: the weights to save, in `model.get_weights()` order (default: the model's own).
     """
-    clone = keras.Model.from_config(model.get_config())
+    clone = keras.Model.from_config(float32_config(model.get_config()))
     clone.set_weights(model.get_weights() if weights is None else weights)
     save_model(clone, path)
 

@@ -87,6 +87,7 @@ def resolve_config(args):
         raise InputError(f"--init {args.init}: no such model file; pass a .keras file")
     if args.folds is not None and args.fold >= args.folds:
         raise InputError(f"--fold {args.fold}: must be below --folds {args.folds}")
+    mixed_precision, precision_reason = distribution.choose_mixed_precision(args.mixed_precision)
     return {
         "demo": demo,
         "images": os.path.abspath(images_dir),
@@ -112,7 +113,8 @@ def resolve_config(args):
         "seed": args.seed,
         "limit": args.limit,
         "workers": args.workers,
-        "mixed_precision": args.mixed_precision,
+        "mixed_precision": mixed_precision,
+        "mixed_precision_reason": precision_reason,
         "split_fractions": list(settings.DEFAULT_SPLIT),
         "folds": args.folds,
         "fold": args.fold if args.folds else None,
@@ -444,6 +446,13 @@ def resume_training(run_dir, folders=None, epochs=None, workers=None, use_cache=
 
 
 def _run(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, started):
+    # A run in mixed precision sets Keras's global policy; the caller's process (a notebook, the tests)
+    # gets its own back, or every model it builds or loads afterwards would compute in bfloat16.
+    with distribution.global_policy_restored():
+        return _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, started)
+
+
+def _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, started):
     started = time.perf_counter() if started is None else started
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
     spread = distribute if isinstance(distribute, distribution.Distribution) else \
@@ -501,7 +510,10 @@ def _run(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, s
           + (f" (fewer if they would not fit in {config['time_budget_minutes']:g} min from start to test report)"
              if budget is not None else "")
           + f", batch {config['batch_size']}, "
-          f"{config['loss']} loss, {policy} | {distribution.describe_devices()} ({spread.description}), "
+          f"{config['loss']} loss, {policy}"
+          + (f" ({config['mixed_precision_reason']})" if config.get("mixed_precision_reason", "").startswith("auto")
+             else "")
+          + f" | {distribution.describe_devices()} ({spread.description}), "
           f"Keras {keras.__version__} ({keras.backend.backend()}) | run: {run_dir}"
           + (f" | resuming after epoch {initial_epoch}" if initial_epoch else "")
           + (f" | replacing the earlier run (kept in {aside} until the first checkpoint)" if aside else ""))

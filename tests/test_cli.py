@@ -44,6 +44,15 @@ def test_train_writes_a_complete_run_folder(trained_run):
     with open(os.path.join(run_dir, "config.json")) as handle:
         config = json.load(handle)
     assert config["epochs"] == 2 and config["image_size"] == [32, 32] and config["model"] == "improved"
+    import distribution  # not asked, so chosen for this machine's CPU and named on the run's first line
+
+    assert config["mixed_precision"] is bool(distribution.native_bfloat16_flags())
+    assert config["mixed_precision_reason"].startswith("auto: ")
+    assert ("mixed_bfloat16 (auto: " if config["mixed_precision"] else "float32 (auto: ") in result.stdout
+    import keras  # best.keras computes in float32 however it was trained, for CPUs without bfloat16
+
+    best = keras.saving.load_model(os.path.join(run_dir, "best.keras"))
+    assert {layer.dtype_policy.name for layer in best.layers} == {"float32"}
     with open(os.path.join(run_dir, "history.csv")) as handle:
         history = list(csv.DictReader(handle))
     assert len(history) == 2 and {"loss", "dice", "val_dice", "val_loss"} <= set(history[0])

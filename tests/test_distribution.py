@@ -243,3 +243,102 @@ def test_train_names_its_device_and_prints_the_gpu_warning(tmp_path, synthetic_d
     assert "warning: fake GPU unseen" in captured.err
     summary = [line for line in captured.out.splitlines() if line.startswith("data:")]
     assert len(summary) == 1 and "| CPU (one device)" in summary[0]
+
+
+# The flags lines of three real CPUs, shortened: an Intel Xeon with AMX, an AMD EPYC (Zen 4) and an
+# older AMD EPYC with AVX2 only (the developers' machines have been all three).
+CPU_FLAGS = {
+    "intel_amx": "fpu vme sse2 avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8",
+    "amd_zen4": "fpu vme sse2 fma avx2 avx512f avx512bw avx512_bf16 avx512_vnni",
+    "amd_avx2": "fpu vme sse2 fma avx2 sha_ni",
+}
+
+
+def _cpuinfo(tmp_path, flags):
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nmodel name\t: some CPU\n" + (f"flags\t\t: {flags}\n" if flags else "")
+                    + "bogomips\t: 4000\n\nprocessor\t: 1\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("cpu, expected", [("intel_amx", ["amx_bf16", "avx512_bf16"]),
+                                           ("amd_zen4", ["avx512_bf16"]), ("amd_avx2", [])])
+def test_native_bfloat16_flags_are_read_from_cpuinfo(tmp_path, cpu, expected):
+    import distribution
+
+    assert distribution.native_bfloat16_flags(_cpuinfo(tmp_path, CPU_FLAGS[cpu])) == expected
+
+
+def test_native_bfloat16_flags_are_none_without_a_readable_cpuinfo(tmp_path):
+    import distribution
+
+    assert distribution.native_bfloat16_flags(str(tmp_path / "missing")) == []  # not Linux
+    assert distribution.native_bfloat16_flags(_cpuinfo(tmp_path, "")) == []  # no flags line
+
+
+def test_mixed_precision_is_automatic_only_when_not_asked(tmp_path, monkeypatch):
+    import distribution
+
+    with_bf16, without = _cpuinfo(tmp_path, CPU_FLAGS["amd_zen4"]), str(tmp_path / "no_cpuinfo")
+    assert distribution.choose_mixed_precision(None, with_bf16) == (
+        True, "auto: this CPU computes bfloat16 natively (avx512_bf16)")
+    enabled, reason = distribution.choose_mixed_precision(None, without)
+    assert not enabled and reason.startswith("auto: this CPU has no native bfloat16")
+    assert distribution.choose_mixed_precision(False, with_bf16) == (False, "--no-mixed-precision")
+    assert distribution.choose_mixed_precision(True, without) == (True, "--mixed-precision")
+    monkeypatch.setattr(distribution, "accelerators", lambda: ["GPU"])  # float16 on a GPU is not measured
+    assert distribution.choose_mixed_precision(None, with_bf16)[0] is False
+    assert distribution.choose_mixed_precision(True, with_bf16)[0] is True
+
+
+@pytest.mark.parametrize("cpu, flags, expected", [("amd_zen4", [], True), ("amd_avx2", [], False),
+                                                  ("amd_zen4", ["--no-mixed-precision"], False)])
+def test_train_config_records_the_precision_and_why(synthetic_dir, tmp_path, monkeypatch, cpu, flags, expected):
+    import distribution
+    import train
+    import training
+
+    monkeypatch.setattr(distribution, "CPUINFO_PATH", _cpuinfo(tmp_path, CPU_FLAGS[cpu]))
+    args = train.build_parser().parse_args(["--data", synthetic_dir, "--out", str(tmp_path / "run"), *TINY, *flags])
+    config = training.resolve_config(args)
+    assert config["mixed_precision"] is expected
+    assert config["mixed_precision_reason"].startswith("--no-" if flags else "auto: ")
+
+
+def test_a_model_trained_in_bfloat16_is_saved_to_compute_in_float32(tmp_path):
+    import keras
+    import numpy as np
+
+    import callbacks
+    import distribution
+    from model_improved import build_improved_unet
+
+    try:
+        distribution.set_mixed_precision(True)
+        model = build_improved_unet((16, 16), base_filters=2, depth=2)
+        path = str(tmp_path / "best.keras")
+        callbacks.export_inference_model(model, path)
+    finally:
+        distribution.set_mixed_precision(False)
+    loaded = keras.saving.load_model(path)
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), loaded.get_weights()))
+    images = np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32")
+    bfloat16, float32 = (keras.ops.convert_to_numpy(m(images)) for m in (model, loaded))
+    # The same weights, other arithmetic: close, but not equal (bfloat16 keeps 8 bits of mantissa).
+    assert 0 < np.abs(bfloat16 - float32).max() < 0.05
+
+
+def test_a_mixed_precision_run_leaves_its_process_in_float32(synthetic_dir, tmp_path):
+    import keras
+
+    from conftest import run_main
+
+    run_dir = str(tmp_path / "run")
+    result = run_main("train.py", "--data", synthetic_dir, "--epochs", "1", "--out", run_dir, *TINY,
+                      "--mixed-precision")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mixed_bfloat16" in result.stdout  # it did train in bfloat16
+    assert keras.mixed_precision.global_policy().name == "float32"  # and a notebook's next model does not
+    best = keras.saving.load_model(os.path.join(run_dir, "best.keras"))
+    assert {layer.dtype_policy.name for layer in best.layers} == {"float32"}
