@@ -511,8 +511,7 @@ def _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribut
              if budget is not None else "")
           + f", batch {config['batch_size']}, "
           f"{config['loss']} loss, {policy}"
-          + (f" ({config['mixed_precision_reason']})" if config.get("mixed_precision_reason", "").startswith("auto")
-             else "")
+          + (f" ({config['mixed_precision_reason']})" if config.get("mixed_precision_reason") else "")
           + f" | {distribution.describe_devices()} ({spread.description}), "
           f"Keras {keras.__version__} ({keras.backend.backend()}) | run: {run_dir}"
           + (f" | resuming after epoch {initial_epoch}" if initial_epoch else "")
