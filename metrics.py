@@ -18,6 +18,7 @@ import settings
 
 PACKAGE = "lesion_seg"
 SMOOTH = 1.0
+DICE_FN_WEIGHT = 0.5  # the Tversky loss's weight at which it is soft Dice; losses saved without one are that
 THRESHOLD = 0.5
 ISIC_JACCARD_THRESHOLD = 0.65
 REPORT_METRICS = ("dice", "jaccard", "threshold_jaccard", "sensitivity", "specificity", "accuracy")
@@ -34,12 +35,30 @@ def _flatten(y_true, y_pred):
     return (ops.reshape(ops.cast(y_true, y_pred.dtype), (batch, -1)), ops.reshape(y_pred, (batch, -1)))
 
 
+def soft_tversky_loss(y_true, y_pred, fn_weight=DICE_FN_WEIGHT, smooth=SMOOTH):
+    """Per-image soft Tversky loss, `1 - (2TP + s) / (2TP + 2(1-b)FP + 2bFN + s)`, on probabilities.
+
+    Args:
+        y_true: ground-truth masks, `(batch, height, width, 1)`.
+        y_pred: predicted probabilities, the same shape.
+        fn_weight: `b`, the weight of missed lesion pixels (false negatives) against false positives'
+            `1 - b`. At 0.5 this is exactly `soft_dice_loss`; above it, under-segmenting costs more.
+        smooth: `s`, keeps empty masks finite.
+
+    Returns:
+        One loss value per image, `(batch,)`.
+    """
+    y_true, y_pred = _flatten(y_true, y_pred)
+    true_positive = ops.sum(y_true * y_pred, axis=1)
+    # 2(TP + (1-b)FP + bFN) with FP = |P| - TP and FN = |T| - TP: the TP terms cancel, and at b = 0.5
+    # this is Dice's own |T| + |P|, computed the same way, so the default loss is unchanged to the bit.
+    total = 2.0 * (1.0 - fn_weight) * ops.sum(y_pred, axis=1) + 2.0 * fn_weight * ops.sum(y_true, axis=1)
+    return 1.0 - (2.0 * true_positive + smooth) / (total + smooth)
+
+
 def soft_dice_loss(y_true, y_pred, smooth=SMOOTH):
     """Per-image soft Dice loss, `1 - (2|T.P| + s) / (|T| + |P| + s)`, on probabilities."""
-    y_true, y_pred = _flatten(y_true, y_pred)
-    intersection = ops.sum(y_true * y_pred, axis=1)
-    total = ops.sum(y_true, axis=1) + ops.sum(y_pred, axis=1)
-    return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+    return soft_tversky_loss(y_true, y_pred, fn_weight=DICE_FN_WEIGHT, smooth=smooth)
 
 
 def bce_loss(y_true, y_pred):
@@ -51,33 +70,51 @@ def bce_loss(y_true, y_pred):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SegmentationLoss(keras.losses.Loss):
-    """Per-image soft Dice, binary cross-entropy, or their sum.
+    """Per-image soft Dice (or Tversky), binary cross-entropy, or their sum.
 
     Args:
         kind: `"dice_bce"` (soft Dice + BCE), `"dice"` or `"bce"`.
+        fn_weight: the Dice term's weight of missed lesion pixels, in (0, 1): 0.5 is soft Dice, more
+            makes it the Tversky loss that penalises under-segmentation (see `soft_tversky_loss`).
         name: loss name in logs.
+
+    Raises:
+        ValueError: for an unknown `kind`, a `fn_weight` outside (0, 1), or a `fn_weight` other than
+            0.5 with `kind="bce"`, which has no Dice term to weight.
     """
 
     KINDS = settings.LOSSES
 
-    def __init__(self, kind="dice_bce", name=None, **kwargs):
+    def __init__(self, kind="dice_bce", fn_weight=DICE_FN_WEIGHT, name=None, **kwargs):
         if kind not in self.KINDS:
             raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(self.KINDS)}")
+        check_fn_weight(kind, fn_weight)
         super().__init__(name=name or kind, **kwargs)
         self.kind = kind
+        self.fn_weight = float(fn_weight)
 
     def call(self, y_true, y_pred):
         y_pred = ops.cast(y_pred, "float32")
-        if self.kind == "dice":
-            return soft_dice_loss(y_true, y_pred)
         if self.kind == "bce":
             return bce_loss(y_true, y_pred)
-        return soft_dice_loss(y_true, y_pred) + bce_loss(y_true, y_pred)
+        overlap = soft_tversky_loss(y_true, y_pred, fn_weight=self.fn_weight)
+        if self.kind == "dice":
+            return overlap
+        return overlap + bce_loss(y_true, y_pred)
 
     def get_config(self):
         config = super().get_config()
-        config.update(kind=self.kind)
+        config.update(kind=self.kind, fn_weight=self.fn_weight)
         return config
+
+
+def check_fn_weight(kind, fn_weight):
+    """Raises `ValueError` unless `fn_weight` is in (0, 1) and `kind` has a Dice term to weight."""
+    if not 0.0 < fn_weight < 1.0:
+        raise ValueError(f"fn_weight must be in (0, 1), got {fn_weight}; 0.5 is plain soft Dice")
+    if kind == "bce" and fn_weight != DICE_FN_WEIGHT:
+        raise ValueError(f"fn_weight {fn_weight} needs a Dice term: use loss 'dice_bce' or 'dice', "
+                         "or leave fn_weight at 0.5 with 'bce'")
 
 
 def _overlap(y_true, y_pred, threshold):

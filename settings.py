@@ -17,6 +17,8 @@ DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 DEFAULT_ZOOM = (0.8, 1.4)  # zooms in more than out: large lesions, the failures on other sources, get common
 COLOR_AUGMENTATIONS = ("light", "strong")
 LOSSES = ("dice_bce", "dice", "bce")
+# The Dice term's weight of missed lesion pixels: 0.5 is plain soft Dice (see metrics.soft_tversky_loss).
+DEFAULT_FN_WEIGHT = 0.5
 MODELS = ("basic", "improved")
 DISTRIBUTION_MODES = ("auto", "off", "mirrored", "multi-worker")
 REAL_DATA_EPOCHS = 30

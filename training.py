@@ -103,6 +103,7 @@ def resolve_config(args):
         "learning_rate": args.learning_rate,
         "warmup_epochs": args.warmup_epochs,
         "loss": args.loss,
+        "fn_weight": metrics.DICE_FN_WEIGHT if args.loss == "bce" else args.fn_weight,  # BCE has no Dice term
         "augment": args.augment,
         "zoom": list(args.zoom),
         "color_augment": args.color_augment,
@@ -266,6 +267,11 @@ def make_learning_rate_schedule(config, steps_per_epoch, epochs=None):
         warmup_target=config["learning_rate"] if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
+
+
+def _fn_weight(config):
+    """The loss's weight of missed lesion pixels; runs from before the option have none (soft Dice)."""
+    return config.get("fn_weight", metrics.DICE_FN_WEIGHT)
 
 
 def make_optimizer(config, steps_per_epoch):
@@ -486,7 +492,7 @@ def _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribut
                     _undo(run_dir, setup)  # nothing trained yet: leave nothing behind
                     raise
             model.compile(optimizer=make_optimizer(config, len(train_data)),
-                          loss=metrics.SegmentationLoss(config["loss"]),
+                          loss=metrics.SegmentationLoss(config["loss"], _fn_weight(config)),
                           # weighted: the zero-weight padding of JAX data-parallel batches stays out
                           weighted_metrics=metrics.training_metrics())
         checkpoint = run_callbacks.RunCheckpoint(run_dir, on_first_save=forget_replaced_run if aside else None)
@@ -510,7 +516,9 @@ def _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribut
           + (f" (fewer if they would not fit in {config['time_budget_minutes']:g} min from start to test report)"
              if budget is not None else "")
           + f", batch {config['batch_size']}, "
-          f"{config['loss']} loss, {policy}"
+          f"{config['loss']} loss"
+          + (f" (fn weight {_fn_weight(config):g})" if _fn_weight(config) != metrics.DICE_FN_WEIGHT else "")
+          + f", {policy}"
           + (f" ({config['mixed_precision_reason']})" if config.get("mixed_precision_reason") else "")
           + f" | {distribution.describe_devices()} ({spread.description}), "
           f"Keras {keras.__version__} ({keras.backend.backend()}) | run: {run_dir}"

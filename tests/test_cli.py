@@ -146,6 +146,8 @@ def test_existing_run_folder_is_not_overwritten(trained_run, synthetic_dir):
 @pytest.mark.parametrize("args, expected", [
     (["train.py", "--data", "/nonexistent/folder"], "/nonexistent/folder"),
     (["train.py", "--image-size", "100", "128", "--epochs", "1"], "multiples of 16"),
+    (["train.py", "--fn-weight", "1"], "--fn-weight must be below 1"),
+    (["train.py", "--loss", "bce", "--fn-weight", "0.7"], "--loss bce has none"),
     (["evaluate.py", "pytest.ini", "--data", "SYNTHETIC"], "pytest.ini"),
     (["predict.py", "missing_model.keras", "x.jpg"], "missing_model.keras"),
 ])
@@ -251,10 +253,14 @@ def test_init_starts_from_a_saved_models_weights(basic_run, synthetic_dir, tmp_p
     source = os.path.join(basic_run, "best.keras")
     run = str(tmp_path / "fine_tuned")
     result = run_main("train.py", "--data", synthetic_dir, "--out", run, "--epochs", "1", *TINY,
-                      "--learning-rate", "1e-9", "--warmup-epochs", "0", "--init", source)
+                      "--learning-rate", "1e-9", "--warmup-epochs", "0", "--init", source, "--fn-weight", "0.7")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(run, "config.json")) as handle:
-        assert json.load(handle)["init"] == os.path.abspath(source)
+        config = json.load(handle)
+    assert config["init"] == os.path.abspath(source)
+    # --fn-weight (fine-tuning is where a user would change the loss): recorded, named, and compiled in
+    assert config["fn_weight"] == 0.7 and "dice_bce loss (fn weight 0.7)," in result.stdout
+    assert keras.saving.load_model(os.path.join(run, "last.keras")).loss.fn_weight == 0.7
     before, after = keras.saving.load_model(source), keras.saving.load_model(os.path.join(run, "best.keras"))
     assert len(before.weights) == len(after.weights) > 10
     for want, got in zip(before.weights, after.weights):

@@ -88,6 +88,51 @@ def test_losses_golden_values():
         metrics.SegmentationLoss("focal")
 
 
+def test_tversky_loss_golden_values_and_its_dice_case():
+    y_true = _batch(TRUTH)
+    y_pred = _batch(np.full((4, 4), 0.5))
+    # TP 2, FP 6, FN 2; weights doubled so that 0.5 is Dice: 1 - (2*2 + 1) / (2 * (2 + 0.3*6 + 0.7*2) + 1)
+    tversky = keras.ops.convert_to_numpy(metrics.soft_tversky_loss(y_true, y_pred, fn_weight=0.7))
+    np.testing.assert_allclose(tversky, [1 - 5 / 11.4], rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(metrics.soft_tversky_loss(y_true, y_pred, fn_weight=0.5)),
+                               [1 - 5 / 13], rtol=1e-6)
+    loss = metrics.SegmentationLoss("dice", fn_weight=0.7)
+    assert float(loss(y_true, y_pred)) == pytest.approx(1 - 5 / 11.4, rel=1e-5)
+    assert metrics.SegmentationLoss.from_config(loss.get_config()).fn_weight == 0.7
+    # At 0.5 the default loss is the soft Dice it always was, to the bit, so default runs train as before.
+    rng = np.random.default_rng(0)
+    truth = keras.ops.convert_to_tensor((rng.random((3, 16, 16, 1)) > 0.6).astype("float32"))
+    probability = keras.ops.convert_to_tensor(rng.random((3, 16, 16, 1)).astype("float32"))
+    flat_truth, flat_probability = keras.ops.reshape(truth, (3, -1)), keras.ops.reshape(probability, (3, -1))
+    before = 1.0 - (2.0 * keras.ops.sum(flat_truth * flat_probability, axis=1) + 1.0) / (
+        keras.ops.sum(flat_truth, axis=1) + keras.ops.sum(flat_probability, axis=1) + 1.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(metrics.soft_dice_loss(truth, probability)),
+                                  keras.ops.convert_to_numpy(before))
+    # A loss saved before the option existed has no fn_weight in its config: it stays soft Dice.
+    assert metrics.SegmentationLoss.from_config({"name": "dice_bce", "kind": "dice_bce"}).fn_weight == 0.5
+
+
+def test_tversky_loss_penalises_missed_lesion_more_than_false_lesion():
+    truth = np.zeros((8, 8)); truth[2:6, 2:6] = 1  # 16 lesion pixels
+    under = truth.copy(); under[2, 2:6] = 0  # 4 missed
+    over = truth.copy(); over[1, 2:6] = 1  # 4 false
+    y_true, y_pred = _batch(truth, truth), _batch(under, over)
+    dice = keras.ops.convert_to_numpy(metrics.soft_dice_loss(y_true, y_pred))
+    tversky = keras.ops.convert_to_numpy(metrics.soft_tversky_loss(y_true, y_pred, fn_weight=0.7))
+    np.testing.assert_allclose(dice, [1 - 25 / 29, 1 - 33 / 37], rtol=1e-6)  # Dice: nearly the same
+    np.testing.assert_allclose(tversky, [1 - 25 / (2 * (12 + 0.7 * 4) + 1), 1 - 33 / (2 * (16 + 0.3 * 4) + 1)],
+                               rtol=1e-6)
+    assert tversky[0] > 1.5 * tversky[1]
+
+
+@pytest.mark.parametrize("kind, fn_weight, message", [("dice_bce", 1.0, "in \\(0, 1\\)"),
+                                                      ("dice", 0.0, "in \\(0, 1\\)"),
+                                                      ("bce", 0.7, "needs a Dice term")])
+def test_segmentation_loss_refuses_a_fn_weight_it_cannot_use(kind, fn_weight, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.SegmentationLoss(kind, fn_weight=fn_weight)
+
+
 def test_loss_averages_per_image_not_per_batch():
     # A batch of a large and a tiny lesion: the per-image loss weighs the tiny one equally.
     big = np.zeros((8, 8)); big[:6, :6] = 1
