@@ -85,6 +85,11 @@ def resolve_config(args):
         raise InputError(f"--zoom {args.zoom[0]:g} {args.zoom[1]:g}: {error}") from None
     if args.init is not None and not os.path.isfile(args.init):
         raise InputError(f"--init {args.init}: no such model file; pass a .keras file")
+    if args.loss != "bce":  # train.py refuses these at parse time; a call from Python is checked here
+        try:
+            metrics.check_fn_weight(args.loss, args.fn_weight)
+        except ValueError as error:
+            raise InputError(f"--fn-weight {args.fn_weight:g}: {error}") from None
     if args.folds is not None and args.fold >= args.folds:
         raise InputError(f"--fold {args.fold}: must be below --folds {args.folds}")
     mixed_precision, precision_reason = distribution.choose_mixed_precision(args.mixed_precision)

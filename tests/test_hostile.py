@@ -313,6 +313,16 @@ def test_fold_must_be_below_folds(tmp_path, synthetic_dir):
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_fn_weight_from_python_is_checked_before_anything_is_written(tmp_path, synthetic_dir):
+    """train.py refuses --fn-weight 1 at parse time; `training.make_config`, which notebooks call, must too."""
+    import training
+
+    with pytest.raises(InputError, match="--fn-weight 1: fn_weight must be in \\(0, 1\\)"):
+        training.make_config(str(tmp_path / "run"), data=synthetic_dir, fn_weight=1.0)
+    assert training.make_config(str(tmp_path / "run"), data=synthetic_dir, fn_weight=0.7)["fn_weight"] == 0.7
+    assert not os.path.exists(tmp_path / "run")
+
+
 @pytest.mark.parametrize("damage", ["truncate_images", "remove_masks", "wrong_shape"])
 def test_a_damaged_cache_entry_is_rebuilt_with_a_note(damage, synthetic_dir, tmp_path, capsys):
     pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(synthetic_dir))[:6]
