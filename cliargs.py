@@ -19,12 +19,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def _describe(low, high, low_open=False):
+def _describe(low, high, low_open=False, high_open=False):
     parts = []
     if low is not None:
         parts.append(f"{'>' if low_open else '>='} {low:g}")
     if high is not None:
-        parts.append(f"<= {high:g}")
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
     return " and ".join(parts)
 
 
@@ -44,18 +44,19 @@ def int_range(low=None, high=None):
     return parse
 
 
-def float_range(low=None, high=None, low_open=False):
-    """Returns an argparse type for finite floats in `[low, high]` (`(low, high]` with `low_open`)."""
+def float_range(low=None, high=None, low_open=False, high_open=False):
+    """Returns an argparse type for finite floats in `[low, high]`; `low_open` / `high_open` leave a bound out."""
 
     def parse(text):
+        bounds = _describe(low, high, low_open, high_open)
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be a number {_describe(low, high, low_open)}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be a number {bounds}, got {text!r}") from None
         too_low = low is not None and (value <= low if low_open else value < low)
-        if not math.isfinite(value) or too_low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be a finite number {_describe(low, high, low_open)}, got {text}")
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
         return value
 
     parse.__name__ = "number"

@@ -57,7 +57,8 @@ def build_parser():
                         help="epochs of linear learning-rate warm-up (default: %(default)s)")
     parser.add_argument("--loss", choices=settings.LOSSES, default="dice_bce",
                         help="per-image soft Dice + binary cross-entropy, or either alone (default: %(default)s)")
-    parser.add_argument("--fn-weight", type=float_range(0, 1, low_open=True), default=settings.DEFAULT_FN_WEIGHT,
+    parser.add_argument("--fn-weight", type=float_range(0, 1, low_open=True, high_open=True),
+                        default=settings.DEFAULT_FN_WEIGHT,
                         help="the Dice term's weight of missed lesion pixels against false ones, below 1: "
                              "0.5 is soft Dice, 0.7 the Tversky loss that penalises under-segmenting "
                              "(default: %(default)s)")
@@ -130,8 +131,6 @@ def main(argv=None):
         parser.error("--resume and --overwrite contradict each other; pass one")
     if args.resume and args.out is None:
         parser.error("--resume needs --out, the run folder to continue")
-    if args.fn_weight >= 1.0:
-        parser.error(f"--fn-weight must be below 1, got {args.fn_weight}: at 1 false positives cost nothing")
     if args.loss == "bce" and "fn_weight" in explicit:
         parser.error("--fn-weight weights the Dice term, and --loss bce has none: use --loss dice_bce or dice")
     if args.out is None:

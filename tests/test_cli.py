@@ -143,10 +143,29 @@ def test_existing_run_folder_is_not_overwritten(trained_run, synthetic_dir):
     assert os.path.getmtime(os.path.join(run_dir, "best.keras")) == before
 
 
+@pytest.mark.parametrize("kwargs, accepted, refused, bounds", [
+    ({"low": 0, "high": 1}, ["0", "1", "0.5"], ["-0.1", "1.01", "nan", "inf"], ">= 0 and <= 1"),
+    ({"low": 0, "high": 1, "low_open": True, "high_open": True}, ["0.001", "0.999"], ["0", "1"], "> 0 and < 1"),
+    ({"low": 0}, ["0", "1e6"], ["-1e-9"], ">= 0"),
+])
+def test_float_range_keeps_and_names_its_bounds(kwargs, accepted, refused, bounds):
+    import argparse
+
+    import cliargs
+
+    parse = cliargs.float_range(**kwargs)
+    assert [parse(text) for text in accepted] == [float(text) for text in accepted]
+    for text in refused:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"must be a finite number {bounds}, got "):
+            parse(text)
+    with pytest.raises(argparse.ArgumentTypeError, match=f"must be a number {bounds}, got 'x'"):
+        parse("x")
+
+
 @pytest.mark.parametrize("args, expected", [
     (["train.py", "--data", "/nonexistent/folder"], "/nonexistent/folder"),
     (["train.py", "--image-size", "100", "128", "--epochs", "1"], "multiples of 16"),
-    (["train.py", "--fn-weight", "1"], "--fn-weight must be below 1"),
+    (["train.py", "--fn-weight", "1"], "--fn-weight: must be a finite number > 0 and < 1, got 1"),
     (["train.py", "--loss", "bce", "--fn-weight", "0.7"], "--loss bce has none"),
     (["evaluate.py", "pytest.ini", "--data", "SYNTHETIC"], "pytest.ini"),
     (["predict.py", "missing_model.keras", "x.jpg"], "missing_model.keras"),
