@@ -112,21 +112,16 @@ def predict_scales(model, images, scales=(1.0,), tta=False):
     return total / len(scales)
 
 
-def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, progress=True, threshold=0.5,
-                  tta=False, scales=(1.0,)):
-    """Scores `model` on `pairs` under each shift.
-
-    Returns:
-        `{shift: rows}`, each row as `scoring.evaluate_pairs` gives (with `lesion_fraction`).
+def shifted_probabilities(model, pairs, shifts=SHIFTS, batch_size=16, progress=True, tta=False, scales=(1.0,)):
+    """Yields `(pair, shift, truth, probability)` for each pair under each shift: the shifted mask and
+    the model's lesion probability resized to it (bilinear), for whatever mask step follows.
     """
     from tqdm.auto import tqdm
 
     import dataGenerator
     import inference
-    import metrics
 
     size = inference.model_image_size(model)
-    results = {shift: [] for shift in shifts}
     with tqdm(total=len(pairs) * len(shifts), desc="Scoring", unit="img", disable=not progress) as bar:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
@@ -136,13 +131,27 @@ def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, 
                 shifted = [shift_pair(image, mask, shift) for image, mask in originals]
                 batch = np.stack([np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
                                   for image, _ in shifted]).astype(np.float32) / 255.0
-                probabilities = predict_scales(model, batch, scales, tta)
-                for pair, (_, truth), probability in zip(chunk, shifted, probabilities):
-                    prediction = inference.to_mask(inference.resize_probability(probability, truth.shape),
-                                                   threshold, postprocess)
-                    results[shift].append({"id": pair.id, **metrics.score_masks(prediction, truth),
-                                           "lesion_fraction": metrics.lesion_fraction(truth)})
+                for pair, (_, truth), probability in zip(chunk, shifted, predict_scales(model, batch, scales, tta)):
+                    yield pair, shift, truth, inference.resize_probability(probability, truth.shape)
                 bar.update(len(chunk))
+
+
+def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, progress=True, threshold=0.5,
+                  tta=False, scales=(1.0,)):
+    """Scores `model` on `pairs` under each shift.
+
+    Returns:
+        `{shift: rows}`, each row as `scoring.evaluate_pairs` gives (with `lesion_fraction`).
+    """
+    import inference
+    import metrics
+
+    results = {shift: [] for shift in shifts}
+    for pair, shift, truth, probability in shifted_probabilities(model, pairs, shifts, batch_size, progress,
+                                                                 tta, scales):
+        prediction = inference.to_mask(probability, threshold, postprocess)
+        results[shift].append({"id": pair.id, **metrics.score_masks(prediction, truth),
+                               "lesion_fraction": metrics.lesion_fraction(truth)})
     return results
 
 

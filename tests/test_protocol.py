@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import compare_protocols  # noqa: E402
 import cv_protocol  # noqa: E402
+import postprocess_variants  # noqa: E402
 import shift_protocol  # noqa: E402
 
 
@@ -86,6 +87,48 @@ def test_multiscale_tta_maps_each_zoomed_out_copy_back_onto_the_image():
     # A smooth ramp survives shrink, crop and enlarge: each scale lands back on the image's own pixels.
     both = shift_protocol.predict_scales(model, image, (1.0, 0.5))
     assert np.abs(both - image[..., 0])[:, 2:-2, 2:-2].max() < 0.03
+
+
+def test_postprocess_variants_golden_masks():
+    mask = np.zeros((40, 40), bool)
+    probability = np.zeros((40, 40), np.float32)
+    mask[2:12, 2:12] = True  # 100 faint pixels: the largest region
+    probability[2:12, 2:12] = 0.55
+    mask[20:28, 20:28] = True  # 64 confident pixels: the most probable one (64 > 55)
+    probability[20:28, 20:28] = 1.0
+    mask[25:27, 5:8] = True  # 6 pixels, 2 rows from nothing else
+    probability[mask & (probability == 0)] = 0.9
+    steps = postprocess_variants.VARIANTS
+    assert steps["none"](mask, probability) is mask
+    assert steps["largest"](mask, probability).sum() == 100 and steps["largest"](mask, probability)[5, 5]
+    assert steps["prob"](mask, probability).sum() == 64 and steps["prob"](mask, probability)[24, 24]
+    u_shape = np.zeros((40, 40), bool)
+    u_shape[10:30, 10:14] = u_shape[10:30, 26:30] = u_shape[26:30, 10:30] = True  # open at the top
+    hull = steps["hull"](u_shape, u_shape.astype(np.float32))
+    assert hull[15, 20] and not u_shape[15, 20] and (hull >= u_shape).all() and hull.sum() == 400
+    gap = np.zeros((40, 40), bool)
+    gap[10:30, 5:18] = gap[10:30, 21:35] = True  # two halves 3 pixels apart: closing joins them
+    closed = steps["close"](gap, gap.astype(np.float32))
+    # The 3 x 20 gap fills but for its two end rows (the disk's round edge does not reach them).
+    assert (closed >= gap).all() and closed[11:29, 18:21].all() and closed.sum() == 20 * 30 - 2 * 3
+    assert not closed[:, :5].any()  # nothing grown out to the border
+    assert steps["largest"](gap, gap.astype(np.float32)).sum() == 20 * 14
+    for name, step in steps.items():
+        assert not step(np.zeros((8, 8), bool), np.zeros((8, 8), np.float32)).any(), name
+
+
+def test_postprocess_variants_write_one_report_each(tmp_path, trained_run, synthetic_dir, capsys):
+    run_dir, _ = trained_run
+    out = str(tmp_path / "pp")
+    assert postprocess_variants.main(["--model", os.path.join(run_dir, "best.keras"), "--data", synthetic_dir,
+                                      "--out", out, "--variants", "largest", "none"]) == 0
+    assert "largest: mean Dice over the conditions" in capsys.readouterr().out
+    pooled = {name: compare_protocols.load_report(f"{out}.{name}.json")[0] for name in ("largest", "none")}
+    assert list(pooled["largest"]) == list(shift_protocol.SHIFTS)
+    ids = set(pooled["largest"]["none"])
+    assert ids and all(set(pooled[name][shift]) == ids for name in pooled for shift in shift_protocol.SHIFTS)
+    rows = compare_protocols.compare([f"{out}.largest.json", f"{out}.none.json"])
+    assert len(rows) == 2
 
 
 def _report(path, dice_by_shift, ids=("a", "b", "c", "d"), fraction=0.2):
