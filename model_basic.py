@@ -26,7 +26,7 @@ if __name__ == "__main__":  # run as a script: answer --help and bad flags at on
 import keras  # noqa: E402
 from keras import layers
 
-from model_improved import check_image_size
+from model_improved import check_image_size, standardized_image
 
 
 def _double_conv(x, filters, name):
@@ -35,7 +35,7 @@ def _double_conv(x, filters, name):
     return x
 
 
-def build_unet(image_size=(128, 128), channels=3, base_filters=64, depth=4):
+def build_unet(image_size=(128, 128), channels=3, base_filters=64, depth=4, input_norm=False):
     """Builds the basic U-Net.
 
     Args:
@@ -44,6 +44,7 @@ def build_unet(image_size=(128, 128), channels=3, base_filters=64, depth=4):
         channels: input channels.
         base_filters: filters at the first level; they double at each level (paper: 64).
         depth: number of poolings (paper: 4).
+        input_norm: standardize each image per channel first (`model_improved.standardized_image`).
 
     Returns:
         An uncompiled `keras.Model` mapping `(batch, h, w, channels)` images to `(batch, h, w, 1)`
@@ -56,7 +57,7 @@ def build_unet(image_size=(128, 128), channels=3, base_filters=64, depth=4):
         raise ValueError(f"depth must be >= 1, got {depth}")
     check_image_size(image_size, depth, "The basic U-Net")  # depth counts poolings
     inputs = keras.Input(shape=(*image_size, channels), name="image")
-    x, skips = inputs, []
+    x, skips = (standardized_image(inputs) if input_norm else inputs), []
     for level in range(1, depth + 1):
         x = _double_conv(x, base_filters * 2 ** (level - 1), f"enc{level}")
         skips.append(x)

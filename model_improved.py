@@ -65,6 +65,18 @@ def _localization_module(x, filters, name):
     return _conv_norm_act(x, filters, 1, f"{name}_b")
 
 
+def standardized_image(inputs):
+    """Standardizes each image channel by channel over its pixels (zero mean, unit variance).
+
+    The paper's own preprocessing (each MRI modality z-scored per patient), in the model so that every
+    caller (`predict.py`, the web app, ONNX) gets it: a camera's colour cast, brightness and contrast
+    are taken out before the first convolution. A `GroupNormalization` with one group per channel and
+    no learned scale or offset: a built-in layer, so saved models load in safe mode.
+    """
+    return layers.GroupNormalization(groups=-1, center=False, scale=False, epsilon=1e-5,
+                                     name="image_standardize")(inputs)
+
+
 def check_image_size(image_size, poolings, model_name):
     """Checks that height and width can be halved `poolings` times (a U-Net's way down).
 
@@ -85,7 +97,7 @@ def check_image_size(image_size, poolings, model_name):
 
 
 def build_improved_unet(image_size=(128, 128), channels=3, base_filters=16, depth=5,
-                        dropout=0.3, deep_supervision=True):
+                        dropout=0.3, deep_supervision=True, input_norm=False):
     """Builds the Improved U-Net.
 
     Args:
@@ -97,6 +109,8 @@ def build_improved_unet(image_size=(128, 128), channels=3, base_filters=16, dept
         dropout: dropout rate inside context modules (paper: 0.3).
         deep_supervision: sum segmentation layers from the lower decoder levels into the output
             (paper: on, from three levels). Needs `depth >= 3`.
+        input_norm: standardize each image per channel first (`standardized_image`; the paper
+            z-scores its inputs, the project's default feeds them in [0, 1]).
 
     Returns:
         An uncompiled `keras.Model` mapping `(batch, h, w, channels)` images to `(batch, h, w, 1)`
@@ -110,7 +124,8 @@ def build_improved_unet(image_size=(128, 128), channels=3, base_filters=16, dept
     check_image_size(image_size, depth - 1, "The Improved U-Net")  # depth counts levels: one fewer halvings
     inputs = keras.Input(shape=(*image_size, channels), name="image")
 
-    x = _conv_norm_act(inputs, base_filters, 3, "enc1_in")
+    x = standardized_image(inputs) if input_norm else inputs
+    x = _conv_norm_act(x, base_filters, 3, "enc1_in")
     skips = []
     for level in range(1, depth + 1):
         filters = base_filters * 2 ** (level - 1)

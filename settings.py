@@ -19,6 +19,8 @@ COLOR_AUGMENTATIONS = ("light", "strong")
 LOSSES = ("dice_bce", "dice", "bce")
 # The Dice term's weight of missed lesion pixels: 0.5 is plain soft Dice (see metrics.soft_tversky_loss).
 DEFAULT_FN_WEIGHT = 0.5
+# Per-image, per-channel standardization inside the model (model_improved.standardized_image).
+DEFAULT_INPUT_NORM = False
 MODELS = ("basic", "improved")
 DISTRIBUTION_MODES = ("auto", "off", "mirrored", "multi-worker")
 REAL_DATA_EPOCHS = 30

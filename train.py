@@ -64,6 +64,9 @@ def build_parser():
                              "(default: %(default)s)")
     parser.add_argument("--base-filters", type=int_range(1, 1024), default=None,
                         help="filters at the first level (default: the paper's, 16 for improved, 64 for basic)")
+    parser.add_argument("--input-norm", action=argparse.BooleanOptionalAction, default=settings.DEFAULT_INPUT_NORM,
+                        help="standardize each image per channel inside the model (zero mean, unit variance; "
+                             f"the paper's preprocessing) (default: {cliargs.on_off(settings.DEFAULT_INPUT_NORM)})")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="flips, 90-degree turns, random affine and colour changes on training "
                              "batches (default: on)")

@@ -72,6 +72,8 @@ def resolve_config(args):
     else:
         images_dir, masks_dir = dataGenerator.resolve_folders(args.data, args.images, args.masks)
     model_kwargs = {} if args.base_filters is None else {"base_filters": args.base_filters}
+    if args.input_norm:  # only when on, so the configs of earlier runs still mean what they meant
+        model_kwargs["input_norm"] = True
     # Checked here, before any data is decoded, so a bad size fails at once.
     try:
         MODELS[args.model]((*args.image_size,), **model_kwargs)
@@ -517,7 +519,9 @@ def _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribut
     print(f"data: {len(pairs)} pairs from {config['images']} -> train {len(setup['train'])} / "
           f"val {len(setup['val'])} / test {len(test_pairs)} at {image_size[0]}x{image_size[1]}"
           f"{' (synthetic demo)' if config['demo'] else ''} | model: {model.name}, "
-          f"{model.count_params():,} params | {_count(config['epochs'], 'epoch')}"
+          f"{model.count_params():,} params"
+          + (", input standardized per image" if config["model_kwargs"].get("input_norm") else "")
+          + f" | {_count(config['epochs'], 'epoch')}"
           + (f" (fewer if they would not fit in {config['time_budget_minutes']:g} min from start to test report)"
              if budget is not None else "")
           + f", batch {config['batch_size']}, "

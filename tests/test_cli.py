@@ -265,14 +265,15 @@ def test_filtered_stderr_drops_only_known_noise(capfd):
 
 
 def test_init_starts_from_a_saved_models_weights(basic_run, synthetic_dir, tmp_path):
-    """train.py --init: the run starts from the saved weights (a learning rate of 1e-9 keeps them), the
-    config names the source, and a model of another width is one clear error."""
+    """train.py --init: the run starts from the saved weights (a learning rate of 1e-9 keeps them), also
+    with --input-norm added, the config names the source, and a model of another width is one clear error."""
     import keras
 
     source = os.path.join(basic_run, "best.keras")
     run = str(tmp_path / "fine_tuned")
     result = run_main("train.py", "--data", synthetic_dir, "--out", run, "--epochs", "1", *TINY,
-                      "--learning-rate", "1e-9", "--warmup-epochs", "0", "--init", source, "--fn-weight", "0.7")
+                      "--learning-rate", "1e-9", "--warmup-epochs", "0", "--init", source, "--fn-weight", "0.7",
+                      "--input-norm")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(run, "config.json")) as handle:
         config = json.load(handle)
@@ -281,6 +282,9 @@ def test_init_starts_from_a_saved_models_weights(basic_run, synthetic_dir, tmp_p
     assert config["fn_weight"] == 0.7 and "dice_bce loss (fn weight 0.7)," in result.stdout
     assert keras.saving.load_model(os.path.join(run, "last.keras")).loss.fn_weight == 0.7
     before, after = keras.saving.load_model(source), keras.saving.load_model(os.path.join(run, "best.keras"))
+    # --input-norm adds a layer without weights, so a model trained without it still starts the run
+    assert config["model_kwargs"]["input_norm"] is True and after.get_layer("image_standardize")
+    assert " params, input standardized per image | 1 epoch" in result.stdout
     assert len(before.weights) == len(after.weights) > 10
     for want, got in zip(before.weights, after.weights):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), atol=1e-5)

@@ -119,3 +119,19 @@ def test_improved_unet_overfits_one_batch():
     model.fit(images, masks, batch_size=4, epochs=40, verbose=0)
     dice = float(np.mean(keras.ops.convert_to_numpy(metrics.dice_score(masks, model.predict(images, verbose=0)))))
     assert untrained < 0.7 and dice > 0.95
+
+
+@pytest.mark.parametrize("build", [build_improved_unet, build_unet])
+def test_input_norm_takes_out_colour_cast_brightness_and_contrast(build):
+    """With `input_norm`, a per-channel gain and offset (a camera's cast, exposure) changes nothing."""
+    kwargs = {"base_filters": 4, "depth": 3} if build is build_improved_unet else {"base_filters": 4, "depth": 2}
+    keras.utils.set_random_seed(0)
+    model = build((32, 32), input_norm=True, **kwargs)
+    assert model.get_layer("image_standardize").count_params() == 0
+    assert model.count_params() == build((32, 32), **kwargs).count_params()  # no weights added
+    images = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    cast = images * np.array([0.6, 0.9, 1.3], np.float32) + np.array([0.1, -0.05, 0.02], np.float32)
+    np.testing.assert_allclose(model.predict(cast, verbose=0), model.predict(images, verbose=0), atol=5e-4)  # float32 rounding
+    plain = build((32, 32), **kwargs)
+    plain.set_weights(model.get_weights())
+    assert np.abs(plain.predict(cast, verbose=0) - plain.predict(images, verbose=0)).max() > 1e-2  # what it removes
