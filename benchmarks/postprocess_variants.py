@@ -18,8 +18,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shift_protocol, beside this file
 
 import cliargs  # noqa: E402 (the project folder, added above)
+import shift_protocol  # noqa: E402
 
 CLOSING_RADIUS = 5  # pixels at the masks' 256x192: about 2% of the short side
 
@@ -75,7 +77,6 @@ def score_variants(model, pairs, variants=tuple(VARIANTS), threshold=0.5, progre
         `{variant: {shift: rows}}`, rows as `shift_protocol.score_shifted` gives.
     """
     import metrics
-    import shift_protocol
 
     results = {name: {shift: [] for shift in shift_protocol.SHIFTS} for name in variants}
     for pair, shift, truth, probability in shift_protocol.shifted_probabilities(model, pairs, progress=progress):
@@ -104,14 +105,10 @@ def main(argv=None):
     import quiet
 
     quiet.import_keras()
-    import dataGenerator
     import inference
     import runfolder
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shift_protocol, beside this file
-    pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(args.data))
-    split = dataGenerator.split_pairs(pairs, seed=args.seed)
-    results = score_variants(inference.load_model(args.model), dataGenerator.select_pairs(pairs, split["val"]),
+    results = score_variants(inference.load_model(args.model), shift_protocol.split_part(args.data, args.seed),
                              args.variants, args.threshold)
     for name, rows in results.items():
         path = f"{args.out}.{name}.json"

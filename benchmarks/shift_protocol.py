@@ -202,22 +202,27 @@ def main(argv=None):
     import quiet
 
     quiet.import_keras()  # without TensorFlow's start-up noise
-    import dataGenerator
     import inference
     import runfolder
 
     results = {}
     if args.model:
-        pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(args.data))
-        split = dataGenerator.split_pairs(pairs, seed=args.seed)
         results[args.model] = score_shifted(inference.load_model(args.model),
-                                            dataGenerator.select_pairs(pairs, split[args.split]), args.shifts,
+                                            split_part(args.data, args.seed, args.split), args.shifts,
                                             threshold=args.threshold, tta=args.tta, scales=args.scales)
     results.update(score_runs(args.runs, args.shifts))
     print(table(results))
     if args.report:
         runfolder.save_json(results, args.report)
     return 0
+
+
+def split_part(data, seed=0, part="val"):
+    """The pairs of `data` in one part (`"val"` or `"test"`) of `train.py`'s seeded 80/10/10 split."""
+    import dataGenerator
+
+    pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(data))
+    return dataGenerator.select_pairs(pairs, dataGenerator.split_pairs(pairs, seed=seed)[part])
 
 
 def score_runs(runs, shifts=SHIFTS, progress=True):
