@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import compare_protocols  # noqa: E402
 import cv_protocol  # noqa: E402
+import ensemble_protocol  # noqa: E402
 import postprocess_variants  # noqa: E402
 import shift_protocol  # noqa: E402
 
@@ -131,6 +132,29 @@ def test_postprocess_variants_write_one_report_each(tmp_path, trained_run, synth
     assert len(rows) == 2
 
 
+def test_ensemble_protocol_scores_each_group_from_one_pass(tmp_path, trained_run, synthetic_dir, capsys):
+    run_dir, _ = trained_run
+    best, last = os.path.join(run_dir, "best.keras"), os.path.join(run_dir, "last.keras")
+    out = str(tmp_path / "ens")
+    assert ensemble_protocol.group_names(3) == ["A", "B", "C", "AB", "AC", "BC", "ABC"]
+    # A model twice: its ensemble is the model itself, row for row.
+    assert ensemble_protocol.main(["--models", best, best, last, "--data", synthetic_dir, "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("mean Dice over the conditions") == 7 and f"{out}.ABC.json" in printed
+    reports = {name: compare_protocols.load_report(f"{out}.{name}.json")[0] for name in ("A", "B", "AB", "ABC")}
+    assert list(reports["A"]) == list(shift_protocol.SHIFTS)
+    for shift in shift_protocol.SHIFTS:
+        assert reports["A"][shift] and reports["AB"][shift] == reports["A"][shift] == reports["B"][shift]
+        assert set(reports["ABC"][shift]) == set(reports["A"][shift])
+    # The single model's report is shift_protocol's own scoring of it.
+    import inference
+
+    alone = shift_protocol.score_shifted(inference.load_model(best), shift_protocol.split_part(synthetic_dir),
+                                         progress=False)
+    assert ({row["id"]: row["dice"] for row in alone["zoom"]}
+            == {image: row["dice"] for image, row in reports["A"]["zoom"].items()})
+
+
 def _report(path, dice_by_shift, ids=("a", "b", "c", "d"), fraction=0.2):
     """Writes a protocol report of one group; `dice_by_shift[shift]` lists each image's Dice."""
     import json
@@ -190,6 +214,7 @@ def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
     (shift_protocol, ["--model", "m.keras", "--data", "d", "--seed", "-1"], "--seed: must be an integer >= 0"),
     (cv_protocol, ["--out", "o", "--folds", "1"], "--folds: must be an integer >= 2"),
     (cv_protocol, ["--out", "o", "--parallel", "0"], "--parallel: must be an integer >= 1, got 0"),
+    (ensemble_protocol, ["--models", "m.keras", "--data", "d", "--out", "o"], "--models: give 2 to 4 models, got 1"),
     (compare_protocols, ["a.json", "b.json", "--resamples", "0"], "--resamples: must be an integer >= 100"),
 ])
 def test_protocol_scripts_check_their_flags_in_one_line(script, argv, expected, capsys):
