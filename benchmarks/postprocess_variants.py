@@ -3,7 +3,8 @@
     python benchmarks/postprocess_variants.py --model pretrained/improved_unet.keras \\
         --data ../shared/data/isic2017 --out runs/pp_shipped
     python benchmarks/compare_protocols.py runs/pp_shipped.largest.json runs/pp_shipped.none.json \\
-        runs/pp_shipped.prob.json runs/pp_shipped.hull.json runs/pp_shipped.close.json
+        runs/pp_shipped.prob.json runs/pp_shipped.hull.json runs/pp_shipped.hull_large.json \\
+        runs/pp_shipped.close.json
 
 The model's probabilities on the protocol's images (`shift_protocol.py`: the validation split, five
 conditions) are thresholded and passed through each mask step of `VARIANTS`, at the mask's own size;
@@ -24,6 +25,7 @@ import cliargs  # noqa: E402 (the project folder, added above)
 import shift_protocol  # noqa: E402
 
 CLOSING_RADIUS = 5  # pixels at the masks' 256x192: about 2% of the short side
+LARGE_FRACTION = 0.3  # the issue's top lesion-size band: hull_large takes the hull only above it
 
 
 def _largest(mask, probability):
@@ -50,6 +52,13 @@ def _hull(mask, probability):
     return convex_hull_image(largest) if largest.any() else largest
 
 
+def _hull_if_large(mask, probability):
+    """`_largest`, and its convex hull where it covers more than `LARGE_FRACTION` of the image: where
+    the hull helped (large lesions) and not where it cost (small ones)."""
+    largest = _largest(mask, probability)
+    return _hull(largest, probability) if largest.mean() > LARGE_FRACTION else largest
+
+
 def _closed(mask, probability):
     """Morphological closing (disk), then `_largest`; padded first, since skimage's closing treats the
     outside as lesion and would grow every region within the radius of the border out to it."""
@@ -66,6 +75,7 @@ VARIANTS = {
     "largest": _largest,
     "prob": _most_probable,
     "hull": _hull,
+    "hull_large": _hull_if_large,
     "close": _closed,
 }
 

@@ -107,6 +107,11 @@ def test_postprocess_variants_golden_masks():
     u_shape[10:30, 10:14] = u_shape[10:30, 26:30] = u_shape[26:30, 10:30] = True  # open at the top
     hull = steps["hull"](u_shape, u_shape.astype(np.float32))
     assert hull[15, 20] and not u_shape[15, 20] and (hull >= u_shape).all() and hull.sum() == 400
+    # hull_large: the same U covers 13% of a 40x40 image (kept as it is) but 36% of a 24x24 one (hulled).
+    assert (steps["hull_large"](u_shape, u_shape.astype(np.float32)) == u_shape).all()
+    u_large = np.zeros((24, 24), bool)
+    u_large[2:22, 2:6] = u_large[2:22, 18:22] = u_large[18:22, 2:22] = True
+    assert u_large.sum() == 208 and steps["hull_large"](u_large, u_large.astype(np.float32)).sum() == 400
     gap = np.zeros((40, 40), bool)
     gap[10:30, 5:18] = gap[10:30, 21:35] = True  # two halves 3 pixels apart: closing joins them
     closed = steps["close"](gap, gap.astype(np.float32))
