@@ -188,8 +188,15 @@ def score_masks(prediction, truth):
     }
 
 
+def score_row(image_id, prediction, truth):
+    """One report row: `id`, the metrics of `score_masks`, and the true and predicted lesion's shares
+    of the image (`lesion_fraction`, `predicted_fraction`), which the size bands and `area_ratio` use."""
+    return {"id": image_id, **score_masks(prediction, truth), "lesion_fraction": lesion_fraction(truth),
+            "predicted_fraction": lesion_fraction(prediction)}
+
+
 def lesion_fraction(truth):
-    """Returns the share of the image's pixels that the true lesion covers, in [0, 1]."""
+    """Returns the share of the image's pixels that a mask's lesion covers, in [0, 1]."""
     truth = np.asarray(truth, dtype=bool)
     return float(np.count_nonzero(truth)) / truth.size if truth.size else 0.0
 
@@ -202,22 +209,42 @@ def size_band(fraction):
     raise ValueError(f"lesion fraction must be in [0, 1], got {fraction}")
 
 
-def summarize_by_size(rows):
-    """Means of `BAND_METRICS` per lesion-size band.
+def area_ratio(rows):
+    """Predicted over true lesion area of a set of images: the mean predicted lesion share of the image
+    over the mean true one, so that below 1 is under-segmentation (the official ISIC 2017 test set's
+    large lesions come out at 0.82-0.87). Pooled rather than a mean of per-image ratios, which an image
+    with a tiny or empty true lesion would dominate.
 
     Args:
-        rows: dicts from `score_masks`, each with a `lesion_fraction` key.
+        rows: dicts with `lesion_fraction` and `predicted_fraction` (shares of the image, in [0, 1]).
 
     Returns:
-        `{band: {"n_images": n, "dice": ..., ...}}` for every band of `SIZE_BANDS`, in order; a band
-        without images has `n_images` 0 and `None` for each metric.
+        The ratio, or `None` when a row lacks `predicted_fraction` or no row has a true lesion pixel.
+    """
+    if not rows or not all("predicted_fraction" in row for row in rows):
+        return None
+    true_share = sum(row["lesion_fraction"] for row in rows)
+    return float(sum(row["predicted_fraction"] for row in rows) / true_share) if true_share > 0 else None
+
+
+def summarize_by_size(rows):
+    """Means of `BAND_METRICS`, and the `area_ratio`, per lesion-size band.
+
+    Args:
+        rows: dicts from `score_masks`, each with a `lesion_fraction` key (and `predicted_fraction`
+            for the area ratio).
+
+    Returns:
+        `{band: {"n_images": n, "dice": ..., ..., "area_ratio": ...}}` for every band of `SIZE_BANDS`,
+        in order; a band without images has `n_images` 0 and `None` for each metric.
     """
     bands = {}
     for name, _, _ in SIZE_BANDS:
         members = [row for row in rows if size_band(row["lesion_fraction"]) == name]
         bands[name] = {"n_images": len(members),
                        **{metric: float(np.mean([row[metric] for row in members])) if members else None
-                          for metric in BAND_METRICS}}
+                          for metric in BAND_METRICS},
+                       "area_ratio": area_ratio(members)}
     return bands
 
 
@@ -229,7 +256,8 @@ def summarize(rows):
 
     Returns:
         A dict: the mean of each metric under its own name, `n_images`, `median` (a dict of the
-        medians) and, when every row has `lesion_fraction`, `by_size` (see `summarize_by_size`).
+        medians) and, when every row has `lesion_fraction`, `area_ratio` (see `area_ratio`) and
+        `by_size` (see `summarize_by_size`).
 
     Raises:
         ValueError: `rows` is empty.
@@ -240,5 +268,6 @@ def summarize(rows):
     summary["n_images"] = len(rows)
     summary["median"] = {name: float(np.median([row[name] for row in rows])) for name in REPORT_METRICS}
     if all("lesion_fraction" in row for row in rows):
+        summary["area_ratio"] = area_ratio(rows)
         summary["by_size"] = summarize_by_size(rows)
     return summary

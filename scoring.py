@@ -31,8 +31,9 @@ def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, th
         progress: show a progress bar.
 
     Returns:
-        A list of dicts: `id`, each of `metrics.REPORT_METRICS` and `lesion_fraction` (the true
-        lesion's share of the image), in the order of `pairs`.
+        A list of dicts: `id`, each of `metrics.REPORT_METRICS`, `lesion_fraction` (the true
+        lesion's share of the image) and `predicted_fraction` (the predicted one's), in the order of
+        `pairs`.
 
     Raises:
         InputError: a file cannot be read, or a mask's size differs from its image's.
@@ -59,7 +60,7 @@ def score_prediction(pair, prediction, source):
         raise InputError(
             f"{pair.mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but {source} is "
             f"{prediction.shape[1]}x{prediction.shape[0]}; masks must match their images")
-    return {"id": pair.id, **metrics.score_masks(prediction, truth), "lesion_fraction": metrics.lesion_fraction(truth)}
+    return metrics.score_row(pair.id, prediction, truth)
 
 
 def score_mask_folder(predictions_dir, pairs):
@@ -115,7 +116,7 @@ def save_cases(model, pairs, rows, path, tta=False, postprocess=False, threshold
 METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.csv"
 REPORT_FILES = (METRICS_FILE, PER_IMAGE_FILE, runfolder.CASES)  # what evaluate.py writes
-_CSV_FIELDS = ["id", *metrics.REPORT_METRICS, "lesion_fraction"]
+_CSV_FIELDS = ["id", *metrics.REPORT_METRICS, "lesion_fraction", "predicted_fraction"]
 
 
 def _is_own_report(out_dir):
@@ -186,12 +187,15 @@ def format_table(summary):
     for name in metrics.REPORT_METRICS:
         lines.append(f"{name:<18}{summary[name]:>8.4f}{summary['median'][name]:>9.4f}")
     lines.append(f"{'images':<18}{summary['n_images']:>8d}")
+    if summary.get("area_ratio") is not None:  # reports written before it have none
+        lines.append(f"{'area_ratio':<18}{summary['area_ratio']:>8.4f}   (predicted / true lesion area)")
     if "by_size" in summary:
+        names = [*metrics.BAND_METRICS, "area_ratio"]
         lines.append("")
-        lines.append(f"{'lesion size':<12}{'images':>7}" + "".join(f"{name:>18}" for name in metrics.BAND_METRICS))
+        lines.append(f"{'lesion size':<12}{'images':>7}" + "".join(f"{name:>18}" for name in names))
         for band, values in summary["by_size"].items():
-            cells = "".join(f"{'-':>18}" if values[name] is None else f"{values[name]:>18.4f}"
-                            for name in metrics.BAND_METRICS)
+            cells = "".join(f"{'-':>18}" if values.get(name) is None else f"{values[name]:>18.4f}"
+                            for name in names)
             lines.append(f"{band:<12}{values['n_images']:>7d}{cells}")
     return "\n".join(lines)
 

@@ -54,12 +54,10 @@ def score_ensembles(models, pairs, threshold=0.5, postprocess=True, progress=Tru
                for index, model in enumerate(models)]
     for items in zip(*streams):
         pair, shift, truth, _ = items[0]
-        fraction = metrics.lesion_fraction(truth)
         for name in names:
             probability = np.mean([items[ord(letter) - ord("A")][3] for letter in name], axis=0)
             prediction = inference.to_mask(probability, threshold, postprocess)
-            results[name][shift].append({"id": pair.id, **metrics.score_masks(prediction, truth),
-                                         "lesion_fraction": fraction})
+            results[name][shift].append(metrics.score_row(pair.id, prediction, truth))
     return results
 
 

@@ -91,11 +91,9 @@ def score_variants(model, pairs, variants=tuple(VARIANTS), threshold=0.5, progre
     results = {name: {shift: [] for shift in shift_protocol.SHIFTS} for name in variants}
     for pair, shift, truth, probability in shift_protocol.shifted_probabilities(model, pairs, progress=progress):
         mask = probability >= threshold
-        fraction = metrics.lesion_fraction(truth)
         for name in variants:
             prediction = VARIANTS[name](mask, probability)
-            results[name][shift].append({"id": pair.id, **metrics.score_masks(prediction, truth),
-                                         "lesion_fraction": fraction})
+            results[name][shift].append(metrics.score_row(pair.id, prediction, truth))
     return results
 
 

@@ -150,8 +150,7 @@ def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, 
     for pair, shift, truth, probability in shifted_probabilities(model, pairs, shifts, batch_size, progress,
                                                                  tta, scales):
         prediction = inference.to_mask(probability, threshold, postprocess)
-        results[shift].append({"id": pair.id, **metrics.score_masks(prediction, truth),
-                               "lesion_fraction": metrics.lesion_fraction(truth)})
+        results[shift].append(metrics.score_row(pair.id, prediction, truth))
     return results
 
 

@@ -7,6 +7,7 @@ import random
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 import callbacks
 import dataGenerator
@@ -58,16 +59,47 @@ def test_summary_by_size_golden():
              "accuracy": 1.0, "lesion_fraction": f} for d, f in ((0.2, 0.05), (0.4, 0.5), (0.8, 0.35), (1.0, 0.6))]
     summary = metrics.summarize(rows)
     assert summary["by_size"]["<10%"] == {"n_images": 1, "dice": 0.2, "jaccard": 0.1, "threshold_jaccard": 0.0,
-                                          "sensitivity": 1.0}
+                                          "sensitivity": 1.0, "area_ratio": None}  # no predicted_fraction
     assert summary["by_size"]["10-30%"]["n_images"] == 0 and summary["by_size"]["10-30%"]["dice"] is None
     assert summary["by_size"][">30%"]["n_images"] == 3
     assert summary["by_size"][">30%"]["dice"] == pytest.approx((0.4 + 0.8 + 1.0) / 3)
     table = scoring.format_table(summary).splitlines()
     assert table[-4].split()[:2] == ["lesion", "size"]
-    assert table[-3].split() == ["<10%", "1", "0.2000", "0.1000", "0.0000", "1.0000"]
-    assert table[-2].split() == ["10-30%", "0", "-", "-", "-", "-"]
+    assert table[-3].split() == ["<10%", "1", "0.2000", "0.1000", "0.0000", "1.0000", "-"]
+    assert table[-2].split() == ["10-30%", "0", "-", "-", "-", "-", "-"]
+    assert summary["area_ratio"] is None and not any(line.startswith("area_ratio") for line in table)
     assert table[-1].split()[:3] == [">30%", "3", "0.7333"]
     assert "by_size" not in metrics.summarize([{k: v for k, v in rows[0].items() if k != "lesion_fraction"}])
+
+
+def test_area_ratio_golden():
+    # Shares (true, predicted): a small lesion over-segmented 2x, two large ones under-segmented.
+    rows = [{"dice": 1.0, "jaccard": 1.0, "threshold_jaccard": 1.0, "sensitivity": 1.0, "specificity": 1.0,
+             "accuracy": 1.0, "lesion_fraction": f, "predicted_fraction": p}
+            for f, p in ((0.05, 0.10), (0.40, 0.30), (0.60, 0.50), (0.0, 0.0))]
+    assert metrics.area_ratio(rows) == pytest.approx(0.90 / 1.05)  # pooled shares, not a mean of ratios
+    summary = metrics.summarize(rows)
+    assert summary["area_ratio"] == pytest.approx(0.90 / 1.05)
+    assert summary["by_size"]["<10%"]["area_ratio"] == pytest.approx(2.0)  # the empty truth adds nothing
+    assert summary["by_size"][">30%"]["area_ratio"] == pytest.approx(0.8)
+    assert summary["by_size"]["10-30%"]["area_ratio"] is None  # no images
+    assert metrics.area_ratio([rows[3]]) is None  # no true lesion pixel: undefined, not 0 or infinite
+    table = scoring.format_table(summary).splitlines()
+    assert table[-1].split()[-1] == "0.8000" and table[-4].split()[-1] == "area_ratio"
+    assert [line.split()[1] for line in table if line.startswith("area_ratio")] == ["0.8571"]
+
+
+def test_score_prediction_records_both_areas(tmp_path):
+    truth = np.zeros((10, 20), np.uint8)
+    truth[:4, :10] = 255  # 40 of 200 pixels
+    mask_path = tmp_path / "a_segmentation.png"
+    Image.fromarray(truth).save(mask_path)
+    prediction = np.zeros((10, 20), bool)
+    prediction[:2, :10] = True  # 20 of them: half the lesion
+    pair = Pair("a", str(tmp_path / "a.jpg"), str(mask_path))
+    row = scoring.score_prediction(pair, prediction, "its image")
+    assert (row["lesion_fraction"], row["predicted_fraction"], row["sensitivity"]) == (0.2, 0.1, 0.5)
+    assert metrics.area_ratio([row]) == pytest.approx(0.5)
 
 
 def test_zoom_scales_the_lesion_with_its_image():
