@@ -109,7 +109,58 @@ def _albumentations():
     return albumentations
 
 
-def build_augmentation(image_size, seed, zoom=DEFAULT_ZOOM, color="light"):
+HAIR_COUNT = (4, 24)  # hairs drawn on an image by the hair augmentation: from a few to dense hair
+HAIR_PROBABILITY = 0.5
+
+
+def draw_hairs(image, rng, count):
+    """Draws `count` thin, dark, gently curved hairs (quadratic Bezier curves, black to dark brown)
+    across a copy of an image. Hair is where the shipped model loses most: hairs crossing a lesion
+    split its outline, and hairs on skin are taken for lesion.
+
+    Args:
+        image: `uint8` RGB array `(h, w, 3)`.
+        rng: a `numpy.random.Generator`, the source of every random choice.
+        count: hairs to draw.
+
+    Returns:
+        The new `uint8` image. A lesion mask does not change: the experts outline the lesion under hair.
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    scale = max(height, width) / 256.0  # thickness set for the ISIC copy's 256x192 images
+    out = np.ascontiguousarray(image).copy()
+    steps = np.linspace(0.0, 1.0, 24)[:, None]
+    for _ in range(count):
+        start = rng.uniform((0, 0), (width, height))
+        angle = rng.uniform(0, np.pi)
+        length = rng.uniform(0.2, 0.6) * max(height, width)
+        end = start + length * np.array([np.cos(angle), np.sin(angle)])
+        bend = (start + end) / 2 + rng.normal(0, 0.15 * length, 2)  # the curve's control point
+        curve = (1 - steps) ** 2 * start + 2 * (1 - steps) * steps * bend + steps**2 * end
+        darkness = rng.uniform(15, 70)
+        colour = (int(darkness), int(0.8 * darkness), int(0.65 * darkness))
+        thickness = max(1, round(rng.uniform(0.8, 1.8) * scale))
+        cv2.polylines(out, [curve.round().astype(np.int32)], False, colour, thickness, cv2.LINE_AA)
+    return out
+
+
+@functools.cache
+def _hair_transform_class():
+    """`DrawHairs`, an albumentations image-only transform around `draw_hairs`, drawing from the
+    pipeline's own seeded generator (made on first use: albumentations is imported lazily)."""
+    A = _albumentations()
+
+    class DrawHairs(A.ImageOnlyTransform):
+        def apply(self, img, **params):
+            return draw_hairs(img, self.random_generator, int(self.random_generator.integers(*HAIR_COUNT,
+                                                                                             endpoint=True)))
+
+    return DrawHairs
+
+
+def build_augmentation(image_size, seed, zoom=DEFAULT_ZOOM, color="light", hair=False):
     """Returns the training augmentation: flips, 90-degree turns, random affine, colour changes.
 
     Geometric transforms move image and mask together (mask with nearest neighbour). Turns by 90
@@ -122,6 +173,8 @@ def build_augmentation(image_size, seed, zoom=DEFAULT_ZOOM, color="light"):
             fill most of the frame (common on other sources' images) are common in training too.
         color: `"light"`: brightness/contrast/saturation/hue jitter; `"strong"`: wider jitter plus
             gamma, blur and dark corners, for cameras and lighting that the training images lack.
+        hair: draw dark hairs (`draw_hairs`, `HAIR_COUNT` of them) on half of the images, before
+            the colour changes; the mask is left as it is.
 
     Returns:
         An `albumentations.Compose`.
@@ -151,6 +204,8 @@ def build_augmentation(image_size, seed, zoom=DEFAULT_ZOOM, color="light"):
             # Dark corners, as some dermoscopes' vignetting gives (a weak spot of the shipped model).
             A.Illumination(mode="corner", intensity_range=(0.05, 0.2), effect_type="darken", p=0.3),
         ]
+    if hair:
+        photometric.insert(0, _hair_transform_class()(p=HAIR_PROBABILITY))
     pipeline = A.Compose(geometric + photometric)
     # One shared stream for all transforms. `Compose(seed=...)` seeds every transform with the same
     # seed, so their draws coincide and they apply all together or not at all (albumentations 2.0).
@@ -171,7 +226,7 @@ class LesionDataset(keras.utils.PyDataset):
         image_size: `(height, width)` of the batches.
         batch_size: samples per batch.
         augment: apply `build_augmentation` (training only).
-        augmentation: keyword arguments of `build_augmentation` (`zoom`, `color`), or `None` for its
+        augmentation: keyword arguments of `build_augmentation` (`zoom`, `color`, `hair`), or `None` for its
             defaults.
         shuffle: reshuffle the order every epoch.
         seed: seed of the order and the augmentation.

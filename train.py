@@ -77,6 +77,9 @@ def build_parser():
     parser.add_argument("--color-augment", choices=settings.COLOR_AUGMENTATIONS, default="light",
                         help="light: brightness/contrast/saturation/hue jitter; strong: wider jitter, "
                              "gamma, blur and dark corners (default: %(default)s)")
+    parser.add_argument("--hair-augment", action=argparse.BooleanOptionalAction, default=False,
+                        help="draw thin dark hairs on half of the training images (the mask unchanged), "
+                             "where dense hair costs the most (default: off)")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=False,
                         help="keep an exponential moving average of the weights (momentum 0.99) and "
                              "validate, checkpoint and report with it (default: off)")

@@ -82,7 +82,8 @@ def resolve_config(args):
                          f"{' --base-filters ' + str(args.base_filters) if args.base_filters else ''}: "
                          f"{error}") from None
     try:
-        dataGenerator.build_augmentation(args.image_size, 0, zoom=args.zoom, color=args.color_augment)
+        dataGenerator.build_augmentation(args.image_size, 0, zoom=args.zoom, color=args.color_augment,
+                                         hair=args.hair_augment)
     except ValueError as error:
         raise InputError(f"--zoom {args.zoom[0]:g} {args.zoom[1]:g}: {error}") from None
     if args.init is not None and not os.path.isfile(args.init):
@@ -114,6 +115,7 @@ def resolve_config(args):
         "augment": args.augment,
         "zoom": list(args.zoom),
         "color_augment": args.color_augment,
+        "hair_augment": args.hair_augment,
         "ema": args.ema,
         "init": os.path.abspath(args.init) if args.init else None,
         "tta": args.tta,
@@ -401,7 +403,8 @@ def _make_datasets(setup, spread, workers, use_cache, cache_dir, verbose):
             dataGenerator.LesionDataset(part, arrays=(images[rows], masks[rows]), **options, **loader), spread)
 
     augmentation = {"zoom": tuple(config.get("zoom", settings.DEFAULT_ZOOM)),
-                    "color": config.get("color_augment", "light")}
+                    "color": config.get("color_augment", "light"),
+                    "hair": config.get("hair_augment", False)}  # runs from before the flag had none
     return (dataset(setup["train"], augment=config["augment"], shuffle=True, augmentation=augmentation),
             dataset(setup["val"], augment=False, shuffle=False))
 

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cliargs  # noqa: E402 (the project folder, added above)
+import shift_protocol  # noqa: E402 (beside this file; imports no Keras)
 
 
 def fold_dirs(out, folds):
@@ -124,14 +125,14 @@ def main(argv=None):
                         help="number of folds, 2 to 100 (default: %(default)s)")
     parser.add_argument("--parallel", type=cliargs.int_range(1), default=1,
                         help="folds to train at once, each in its own process (default: %(default)s)")
-    parser.add_argument("--shifts", nargs="+", default=None,
-                        help="shifts to score: none, zoom, dark, vignette, blur (default: all)")
+    parser.add_argument("--shifts", nargs="+", default=None, choices=shift_protocol.SHIFTS + shift_protocol.EXTRA_SHIFTS,
+                        help="shifts to score: none, zoom, dark, vignette, blur, and hair only when named "
+                             "(default: the first five)")
     args = parser.parse_args(own)
     if any(flag in train_args for flag in ("--out", "--folds", "--fold", "--resume", "--overwrite")):
         parser.error("--out, --folds, --fold, --resume and --overwrite are this script's to set")
 
     import runfolder
-    import shift_protocol
 
     runs = run_folds(args.out, args.folds, train_args, args.parallel)
     results = shift_protocol.score_runs(runs, args.shifts or shift_protocol.SHIFTS)

@@ -137,6 +137,31 @@ def test_strong_colour_changes_pixels_not_masks():
     assert strong_change > light_change > 0
 
 
+def test_hairs_darken_thin_curves_and_leave_the_mask():
+    image = np.full((96, 128, 3), 200, np.uint8)
+    hairy = dataGenerator.draw_hairs(image, np.random.default_rng(0), 10)
+    changed = np.any(hairy != image, axis=2)
+    assert hairy.shape == image.shape and hairy.dtype == np.uint8 and image.max() == 200  # a copy
+    assert 0.01 < changed.mean() < 0.2 and (hairy <= image).all()  # thin and dark, never lighter
+    assert (hairy[changed][:, 0] >= hairy[changed][:, 2]).all()  # black to brown: red at least blue
+    assert (dataGenerator.draw_hairs(image, np.random.default_rng(0), 10) == hairy).all()
+    assert (dataGenerator.draw_hairs(image, np.random.default_rng(0), 0) == image).all()
+    mask = np.zeros((96, 128), np.uint8)
+    mask[30:60, 40:90] = 1
+    with_hair = dataGenerator.build_augmentation((96, 128), 0, zoom=(1.0, 1.0), hair=True)
+    names = [type(step).__name__ for step in with_hair.transforms]
+    assert names.index("DrawHairs") == names.index("ColorJitter") - 1  # hairs take the colour changes too
+    assert "DrawHairs" not in [type(step).__name__ for step in dataGenerator.build_augmentation((96, 128), 0)]
+    hairs = dataGenerator._hair_transform_class()(p=1.0)
+    drawn = []
+    for seed in range(3):
+        hairs.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        out = hairs(image=image, mask=mask)
+        assert (out["mask"] == mask).all()
+        drawn.append(np.any(out["image"] != image, axis=2).mean())
+    assert len(set(drawn)) == 3 and min(drawn) > 0  # the pipeline's seed picks the hairs and their number
+
+
 @pytest.mark.parametrize("options", [{"zoom": (1.2, 1.1)}, {"zoom": (0, 1)}, {"color": "loud"}])
 def test_bad_augmentation_options_are_refused(options):
     with pytest.raises(ValueError):
@@ -166,14 +191,15 @@ def test_train_with_folds_and_every_lever_records_them(tmp_path, synthetic_dir):
     # A time budget of 0.06 s is spent by the first epoch: the run stops after it, and still reports.
     run = str(tmp_path / "run")
     result = run_main("train.py", "--data", synthetic_dir, "--out", run, "--epochs", "2", "--folds", "4", "--fold", "3",
-                      "--zoom", "0.8", "1.4", "--color-augment", "strong", "--ema", "--time-budget", "0.001", *TINY)
+                      "--zoom", "0.8", "1.4", "--color-augment", "strong", "--hair-augment", "--ema",
+                      "--time-budget", "0.001", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training stops after epoch 1 of 2" in result.stdout and "(time budget 0.001 min)" in result.stdout
     with open(os.path.join(run, "history.csv")) as handle:
         assert len(handle.readlines()) == 2  # header and epoch 1
     config = runfolder.read_json(os.path.join(run, "config.json"), "settings")
-    assert (config["folds"], config["fold"], config["zoom"], config["color_augment"], config["ema"]) == (
-        4, 3, [0.8, 1.4], "strong", True)
+    assert (config["folds"], config["fold"], config["zoom"], config["color_augment"], config["hair_augment"],
+            config["ema"]) == (4, 3, [0.8, 1.4], "strong", True, True)
     assert (config["time_budget_minutes"], config["epochs"]) == (0.001, 2)  # stopped, not re-planned
     assert train.build_parser().parse_args([]).time_budget is None  # resolved per run: 90 on real data, no demo limit
     pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(synthetic_dir))

@@ -32,7 +32,13 @@ def test_zoom_shift_doubles_the_lesion_share_and_keeps_sizes():
     assert dark[0, 0, 0] == round(255 * (128 / 255) ** 1.5)
     vignette, _ = shift_protocol.shift_pair(np.full((96, 128, 3), 200, np.uint8), mask, "vignette")
     assert vignette[48, 64, 0] == 200 and vignette[0, 0, 0] < 100  # centre untouched, corners dark
-    with pytest.raises(ValueError):
+    hairy, same_mask = shift_protocol.shift_pair(vignette, mask, "hair")
+    assert same_mask is mask and (hairy <= vignette).all() and 0.01 < np.any(hairy != vignette, axis=2).mean() < 0.3
+    assert (shift_protocol.shift_pair(vignette, mask, "hair")[0] == hairy).all()  # the same hairs every time
+    other = shift_protocol.shift_pair(np.full_like(image, 190), mask, "hair")[0]
+    assert (np.any(other != 190, axis=2) != np.any(hairy != vignette, axis=2)).any()  # seeded by the image
+    assert "hair" not in shift_protocol.SHIFTS  # only when asked: the five-condition mean keeps its meaning
+    with pytest.raises(ValueError, match="hair"):
         shift_protocol.shift_pair(image, mask, "rain")
 
 
@@ -219,6 +225,7 @@ def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
     (shift_protocol, ["--model", "m.keras", "--data", "d", "--seed", "-1"], "--seed: must be an integer >= 0"),
     (cv_protocol, ["--out", "o", "--folds", "1"], "--folds: must be an integer >= 2"),
     (cv_protocol, ["--out", "o", "--parallel", "0"], "--parallel: must be an integer >= 1, got 0"),
+    (cv_protocol, ["--out", "o", "--shifts", "rain"], "--shifts: invalid choice: 'rain'"),  # before any fold trains
     (ensemble_protocol, ["--models", "m.keras", "--data", "d", "--out", "o"], "--models: give 2 to 4 models, got 1"),
     (compare_protocols, ["a.json", "b.json", "--resamples", "0"], "--resamples: must be an integer >= 100"),
 ])
