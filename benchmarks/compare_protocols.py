@@ -87,13 +87,15 @@ def paired_bootstrap(differences, resamples=BOOTSTRAP_RESAMPLES, seed=0):
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def compare(paths, labels=None, resamples=BOOTSTRAP_RESAMPLES):
+def compare(paths, labels=None, resamples=BOOTSTRAP_RESAMPLES, only_shifts=None):
     """Compares protocol reports against the first one.
 
     Args:
         paths: report files; the first is the baseline.
         labels: a name for each (default: the file paths).
         resamples: bootstrap resamples.
+        only_shifts: compare on these conditions alone (each report must have them), e.g. the five
+            of the protocol's mean apart from `hair`; `None`: every condition of the reports.
 
     Returns:
         A list of dicts, one per report: `label`, `n_images`, `shifts`, `dice` (mean over shifts and
@@ -103,8 +105,8 @@ def compare(paths, labels=None, resamples=BOOTSTRAP_RESAMPLES):
         `delta_threshold_jaccard_ci`.
 
     Raises:
-        ValueError: fewer than two reports, labels that do not match, or reports of different images
-            or shifts.
+        ValueError: fewer than two reports, labels that do not match, reports of different images
+            or shifts, or an `only_shifts` condition that a report lacks.
     """
     import metrics
 
@@ -114,6 +116,13 @@ def compare(paths, labels=None, resamples=BOOTSTRAP_RESAMPLES):
     if len(labels) != len(paths):
         raise ValueError(f"got {len(labels)} labels for {len(paths)} reports; give one label per report")
     reports = [load_report(path) for path in paths]
+    if only_shifts:
+        for path, (pooled, _) in zip(paths, reports):
+            missing = [shift for shift in only_shifts if shift not in pooled]
+            if missing:
+                raise ValueError(f"{path}: no {', '.join(missing)} condition (it has {', '.join(pooled)}); "
+                                 "score it with those --shifts, or leave them out here")
+        reports = [({shift: pooled[shift] for shift in only_shifts}, groups) for pooled, groups in reports]
     base, _ = reports[0]
     shifts = list(base)
     ids = sorted(base[shifts[0]])
@@ -181,13 +190,16 @@ def main(argv=None):
     parser.add_argument("--labels", nargs="+", default=None, help="a name per report (default: the paths)")
     parser.add_argument("--resamples", type=cliargs.int_range(100), default=BOOTSTRAP_RESAMPLES,
                         help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--shifts", nargs="+", default=None,
+                        help="compare on these conditions alone, e.g. none zoom dark vignette blur for the "
+                             "protocol's mean of a report that also has hair (default: all the reports')")
     parser.add_argument("--out", default=None, help="also write the table here (default: print only)")
     args = parser.parse_args(argv)
     import quiet
 
     quiet.import_keras()  # metrics.py's size bands come with Keras; without its start-up noise
     try:
-        text = table(compare(args.reports, args.labels, args.resamples))
+        text = table(compare(args.reports, args.labels, args.resamples, args.shifts))
     except ValueError as error:
         parser.error(str(error))
     print(text)

@@ -197,6 +197,13 @@ def test_compare_protocols_golden_changes_and_intervals(tmp_path):
     assert results[0]["training_s"] is None  # "run" is no run folder
     text = compare_protocols.table(results)
     assert "| gain | 4 | 0.6750 | +0.0500 (+0.0500 to +0.0500) |" in text and "| base | 4 | 0.6250 | baseline |" in text
+    # --shifts: on "zoom" alone the gain is gone; on "none" alone it is the whole +0.1.
+    zoom_only = compare_protocols.compare([base, same_gain], resamples=100, only_shifts=["zoom"])
+    assert zoom_only[1]["shifts"] == ["zoom"] and zoom_only[1]["delta_dice"] == pytest.approx(0)
+    none_only = compare_protocols.compare([base, same_gain], resamples=100, only_shifts=["none"])
+    assert none_only[1]["delta_dice"] == pytest.approx(0.1) and none_only[0]["dice"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="no hair condition"):
+        compare_protocols.compare([base, same_gain], resamples=100, only_shifts=["none", "hair"])
 
 
 def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
