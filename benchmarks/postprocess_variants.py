@@ -55,8 +55,10 @@ def _hull(mask, probability):
 def _hull_if_large(mask, probability):
     """`_largest`, and its convex hull where it covers more than `LARGE_FRACTION` of the image: where
     the hull helped (large lesions) and not where it cost (small ones)."""
-    largest = _largest(mask, probability)
-    return _hull(largest, probability) if largest.mean() > LARGE_FRACTION else largest
+    from skimage.morphology import convex_hull_image
+
+    largest = _largest(mask, probability)  # once: `_hull` would find it again
+    return convex_hull_image(largest) if largest.mean() > LARGE_FRACTION else largest
 
 
 def _closed(mask, probability):
