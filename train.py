@@ -120,6 +120,11 @@ def build_parser():
                              "several machines when TF_CONFIG (TensorFlow) or KERAS_DISTRIBUTION_NUM_PROCESSES "
                              "(JAX) is set; mirrored uses every visible device; --batch-size is global, "
                              "split between replicas (default: %(default)s)")
+    parser.add_argument("--run-eagerly", action="store_true",
+                        help="run each step as plain Python instead of a traced graph (Keras' run_eagerly): "
+                             "for stepping through a loss with a debugger, and quicker for runs of a few "
+                             "steps (tracing takes ~10 s); several times slower per step on real data "
+                             "(default: off)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch, with its saved settings")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder --out")

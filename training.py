@@ -117,6 +117,7 @@ def resolve_config(args):
         "color_augment": args.color_augment,
         "hair_augment": args.hair_augment,
         "ema": args.ema,
+        "run_eagerly": args.run_eagerly,
         "init": os.path.abspath(args.init) if args.init else None,
         "tta": args.tta,
         "postprocess": args.postprocess,
@@ -514,6 +515,7 @@ def _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribut
         checkpoint = run_callbacks.RunCheckpoint(run_dir, state.get("best_val_dice", -math.inf),
                                                  state.get("best_epoch", 0))
 
+    model.run_eagerly = bool(config.get("run_eagerly"))  # not in a saved model: a resumed run asks again
     pairs, test_pairs = setup["pairs"], setup["test"]
     budget = None
     if state is None:  # a resumed run keeps the plan made when it started (its config.json)
@@ -606,6 +608,7 @@ def report_test_split(run_dir, config, test_pairs, checkpoint, verbose=1, starte
     files = [runfolder.HISTORY, runfolder.CURVES]
     if test_pairs:
         best_model = inference.load_model(best_path)
+        best_model.run_eagerly = bool(config.get("run_eagerly"))
         options = dict(tta=config["tta"], postprocess=config["postprocess"])
         scores = scoring.evaluate_pairs(best_model, test_pairs, config["batch_size"], progress=verbose == 1,
                                         **options)

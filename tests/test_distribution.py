@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import JAX_FAST_COMPILE, ROOT, TINY, Result, build_once, run_script
+from conftest import JAX_FAST_COMPILE, ROOT, TINY, TINY_GRAPH, Result, build_once, run_script
 
 pytest.importorskip("tensorflow")
 
@@ -37,7 +37,7 @@ def test_train_py_runs_mirrored_on_two_cpu_devices(synthetic_dir, tmp_path):
               "import train\n"
               "sys.exit(train.main(sys.argv[1:]))\n")
     result = run_script("-c", script, "--data", synthetic_dir, "--out", str(tmp_path / "run"), "--epochs", "1",
-                        *TINY, "--batch-size", "4", "--verbose", "2", "--distribute", "mirrored",
+                        *TINY_GRAPH, "--batch-size", "4", "--verbose", "2", "--distribute", "mirrored",
                         env={"KERAS_BACKEND": "tensorflow"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MirroredStrategy over" in result.stdout and "CPU:1" in result.stdout

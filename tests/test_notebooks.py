@@ -33,7 +33,7 @@ def _outputs(notebook):
     return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
 
 
-NOTEBOOK_TINY = {"IMAGE_SIZE": (32, 32), "EPOCHS": 1, "LIMIT": 24, "BASE_FILTERS": 4, "SEED": 0}
+NOTEBOOK_TINY = {"IMAGE_SIZE": (32, 32), "EPOCHS": 1, "LIMIT": 24, "BASE_FILTERS": 4, "SEED": 0, "RUN_EAGERLY": True}
 
 
 def test_basic_unet_notebook(synthetic_dir, tmp_path):
