@@ -123,8 +123,8 @@ def build_parser():
     parser.add_argument("--run-eagerly", action="store_true",
                         help="run each step as plain Python instead of a traced graph (Keras' run_eagerly): "
                              "for stepping through a loss with a debugger, and quicker for runs of a few "
-                             "steps (tracing takes ~10 s); several times slower per step on real data "
-                             "(default: off)")
+                             "tiny steps (no tracing); each step of a real model is slower (1.7x for the "
+                             "Improved U-Net at 128x128, BENCHMARKS.md) (default: off)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch, with its saved settings")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder --out")

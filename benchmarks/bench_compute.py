@@ -8,7 +8,8 @@ For each model, input size and precision: the model is built and compiled as `tr
 figures are pure compute. Training and inference images per second are turned into GFLOP/s with the
 model's FLOPs per image (counted from its convolutions; a training step is taken as 3x a forward
 pass) and given as a fraction of the GFLOP/s of a large matrix product of the same precision, measured
-in the same run on the same backend. Optional sweeps time batch sizes and `jit_compile`.
+in the same run on the same backend. Optional sweeps time batch sizes, `jit_compile` and `run_eagerly`
+(`train.py --run-eagerly`).
 """
 
 import argparse
@@ -74,14 +75,15 @@ def _timed(step, min_seconds, min_steps):
     return float(np.median(times))
 
 
-def measure(model_name, image_size, precision, batch_size, jit_compile, min_seconds, min_steps, base_filters):
-    """Times training and inference steps of one configuration; returns a result dict."""
+def measure(model_name, image_size, precision, batch_size, step, min_seconds, min_steps, base_filters):
+    """Times training and inference steps of one configuration (`step`: "graph", "xla" or "eager");
+    returns a result dict."""
     set_mixed_precision(precision == "mixed")
     keras.utils.set_random_seed(0)
     kwargs = {} if base_filters is None else {"base_filters": base_filters}
     model = BUILDERS[model_name](image_size, **kwargs)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=metrics.SegmentationLoss("dice_bce"),
-                  metrics=metrics.training_metrics(), jit_compile=jit_compile)
+                  metrics=metrics.training_metrics(), jit_compile=step == "xla", run_eagerly=step == "eager")
     rng = np.random.default_rng(0)
     images = rng.random((batch_size, *image_size, 3), dtype=np.float32)
     masks = (rng.random((batch_size, *image_size, 1)) > 0.5).astype(np.float32)
@@ -95,7 +97,8 @@ def measure(model_name, image_size, precision, batch_size, jit_compile, min_seco
     flops = forward_flops(model)
     result = {
         "model": model_name, "image_size": list(image_size), "precision": precision, "batch_size": batch_size,
-        "jit_compile": jit_compile, "params": model.count_params(), "gflops_per_image": flops / 1e9,
+        "step": step, "jit_compile": step == "xla", "run_eagerly": step == "eager",
+        "params": model.count_params(), "gflops_per_image": flops / 1e9,
         "first_step_s": first_step_s, "train_step_s": train_s, "train_img_per_s": batch_size / train_s,
         "infer_img_per_s": batch_size / infer_s,
     }
@@ -125,6 +128,8 @@ def main(argv=None):
                         help="extra batch sizes for the first model at the first size (default: %(default)s)")
     parser.add_argument("--jit-sweep", action=argparse.BooleanOptionalAction, default=True,
                         help="also time jit_compile=True for the first model at the first size (default: on)")
+    parser.add_argument("--eager-sweep", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time run_eagerly=True for the first model at the first size (default: on)")
     parser.add_argument("--min-seconds", type=float, default=15.0,
                         help="time each configuration for at least this long (default: %(default)s)")
     parser.add_argument("--min-steps", type=int, default=3, help="and at least this many steps (default: %(default)s)")
@@ -138,25 +143,27 @@ def main(argv=None):
     print(f"backend {keras.backend.backend()}, Keras {keras.__version__}, {os.cpu_count()} CPU(s); "
           f"matmul peak: " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peaks.items()), flush=True)
 
-    configs = [(model, size, precision, args.batch_size, False)
+    configs = [(model, size, precision, args.batch_size, "graph")
                for model in args.models for size in args.sizes for precision in args.precisions]
     first_model, first_size = args.models[0], args.sizes[0]
-    configs += [(first_model, first_size, precision, batch, False)
+    configs += [(first_model, first_size, precision, batch, "graph")
                 for batch in args.batch_sweep for precision in args.precisions]
     if args.jit_sweep:
-        configs.append((first_model, first_size, "float32", args.batch_size, True))
+        configs.append((first_model, first_size, "float32", args.batch_size, "xla"))
+    if args.eager_sweep:
+        configs.append((first_model, first_size, "float32", args.batch_size, "eager"))
 
     results = []
-    header = ("model", "size", "precision", "batch", "jit", "GFLOP/img", "train img/s", "train % peak",
+    header = ("model", "size", "precision", "batch", "step", "GFLOP/img", "train img/s", "train % peak",
               "infer img/s", "infer % peak", "first step s")
     print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header), flush=True)
-    for model_name, size, precision, batch, jit in configs:
+    for model_name, size, precision, batch, step in configs:
         filters = args.basic_filters if model_name == "basic" else None
-        result = measure(model_name, size, precision, batch, jit, args.min_seconds, args.min_steps, filters)
+        result = measure(model_name, size, precision, batch, step, args.min_seconds, args.min_steps, filters)
         result["peak_gflop_per_s"] = peaks[precision]
         results.append(result)
         print(f"| {model_name}{'' if filters is None else f' ({filters} filters)'} | {size[0]}x{size[1]} | "
-              f"{precision} | {batch} | {'on' if jit else 'off'} | {result['gflops_per_image']:.2f} | "
+              f"{precision} | {batch} | {step} | {result['gflops_per_image']:.2f} | "
               f"{result['train_img_per_s']:.1f} | {100 * result['train_gflop_per_s'] / peaks[precision]:.0f}% | "
               f"{result['infer_img_per_s']:.1f} | {100 * result['infer_gflop_per_s'] / peaks[precision]:.0f}% | "
               f"{result['first_step_s']:.1f} |", flush=True)

@@ -20,9 +20,9 @@ REAL_DATA = os.path.join(ROOT, "..", "shared", "data", "isic2017")
 # train.py flags for a run of seconds: a 4-filter basic U-Net on 32x32 images, run eagerly. Tests of
 # the run's plumbing use it: TensorFlow builds its training step 3x faster than the Improved U-Net's
 # (10 s against 29 s here), and a few tiny steps run faster eagerly than tracing them takes (a 2-epoch
-# run: 7 s against 14 s). `TINY_GRAPH` is the traced path, which real runs take: the distribution
-# tests, `test_demo_default` and `test_run_eagerly_matches_the_traced_step` use it; `trained_run` and
-# the model tests cover the Improved U-Net.
+# run: 7 s against 14 s). `TINY_GRAPH` is the traced path, which real runs take: the mirrored test,
+# `test_demo_default` and `test_run_eagerly_matches_the_traced_step` use it (the JAX runs have their
+# own flags, traced); `trained_run` and the model tests cover the Improved U-Net.
 TINY_GRAPH = ["--model", "basic", "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "8",
               "--verbose", "0"]
 TINY = [*TINY_GRAPH, "--run-eagerly"]
@@ -100,9 +100,8 @@ def trained_run(synthetic_dir, tmp_path_factory):
 
     def train(folder):
         run_dir = os.path.join(folder, "tiny")
-        result = run_main("train.py", "--data", synthetic_dir, "--epochs", "2", "--out", run_dir, "--model",
-                          "improved", "--image-size", "32", "32", "--base-filters", "4", "--batch-size", "8",
-                          "--verbose", "2", "--run-eagerly")
+        result = run_main("train.py", "--data", synthetic_dir, "--epochs", "2", "--out", run_dir, *TINY,
+                          "--model", "improved", "--verbose", "2")  # the later flag wins
         assert result.returncode == 0, result.stderr[-3000:]
         return [run_dir, list(result)]
 

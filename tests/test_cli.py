@@ -112,6 +112,7 @@ def test_run_eagerly_matches_the_traced_step(basic_run, synthetic_dir, tmp_path)
             # float32 round-off only: the two paths run the same operations in another order
             assert float(eager[key]) == pytest.approx(float(traced[key]), rel=1e-4, abs=1e-5), key
 
+
 def test_evaluate_run_folder_and_model_with_data(trained_run, synthetic_dir, tmp_path):
     run_dir, _ = trained_run
     result = run_main("evaluate.py", run_dir, "--no-progress")
