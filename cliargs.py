@@ -107,7 +107,7 @@ def model_summary_parser(model_title, base_filters, depth, depth_help):
 
 
 def add_inference_arguments(parser):
-    """Adds `--batch-size`, `--threshold`, `--tta`, `--postprocess` and `--no-progress`."""
+    """Adds `--batch-size`, `--threshold`, `--tta`, `--postprocess`, `--remove-hair` and `--no-progress`."""
     parser.add_argument("--batch-size", type=int_range(1, 4096), default=16,
                         help="images per model call (default: %(default)s)")
     parser.add_argument("--threshold", type=float_range(0, 1), default=settings.DEFAULT_THRESHOLD,
@@ -117,4 +117,8 @@ def add_inference_arguments(parser):
     parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=settings.DEFAULT_POSTPROCESS,
                         help="keep the largest lesion region and fill its holes "
                              f"(default: {on_off(settings.DEFAULT_POSTPROCESS)})")
+    parser.add_argument("--remove-hair", action=argparse.BooleanOptionalAction, default=settings.DEFAULT_REMOVE_HAIR,
+                        help="paint thin dark hairs over before segmenting (DullRazor-style): for images with "
+                             "dense hair; on others it changes little (README, 'Hair removal') "
+                             f"(default: {on_off(settings.DEFAULT_REMOVE_HAIR)})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

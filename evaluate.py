@@ -90,8 +90,8 @@ def main(argv=None):
     out_dir = make_output_dir(out_dir)
     print(f"Evaluating {model_path} on {description} ({len(pairs)} images, model input "
           f"{'x'.join(map(str, inference.model_image_size(model)))}, tta={'on' if args.tta else 'off'}, "
-          f"postprocess={'on' if args.postprocess else 'off'})")
-    options = dict(tta=args.tta, postprocess=args.postprocess, threshold=args.threshold)
+          f"postprocess={'on' if args.postprocess else 'off'}, remove_hair={'on' if args.remove_hair else 'off'})")
+    options = dict(tta=args.tta, postprocess=args.postprocess, threshold=args.threshold, remove_hair=args.remove_hair)
     rows = scoring.evaluate_pairs(model, pairs, args.batch_size, progress=not args.no_progress, **options)
     summary = scoring.write_report(rows, out_dir, {"model": model_path, "images": description, **options})
     scoring.save_cases(model, pairs, rows, os.path.join(out_dir, runfolder.CASES),

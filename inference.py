@@ -228,7 +228,8 @@ def to_mask(probability, threshold=0.5, postprocess=False):
     return postprocess_mask(mask) if postprocess else mask
 
 
-def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="Predicting", full_size=True):
+def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="Predicting", full_size=True,
+                  remove_hair=False):
     """Yields `(path, probability)` for image files, each map at the image's own size (or, with
     `full_size=False`, at the model's size, for `probability_to_mask`).
 
@@ -241,22 +242,32 @@ def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="P
         tta: flip test-time augmentation (see `predict_batch`).
         progress: show a progress bar.
         desc: the progress bar's label.
+        full_size: resize each map to its image's size.
+        remove_hair: paint thin dark hairs over before the model sees the image
+            (`hair_removal.read_image_without_hair`).
 
     Raises:
         InputError: an image cannot be read.
     """
     size = model_image_size(model)
+    if remove_hair:
+        import hair_removal
+
+        read = hair_removal.read_image_without_hair
+    else:
+        read = read_image
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            images = np.stack([read_image(path, size) for path in chunk]).astype(np.float32) / 255.0
+            images = np.stack([read(path, size) for path in chunk]).astype(np.float32) / 255.0
             probabilities = predict_batch(model, images, tta)
             for path, probability in zip(chunk, probabilities):
                 yield path, resize_probability(probability, image_size_of(path)) if full_size else probability
             bar.update(len(chunk))
 
 
-def segment_files(model, paths, threshold=0.5, tta=False, postprocess=False, batch_size=16, progress=True):
+def segment_files(model, paths, threshold=0.5, tta=False, postprocess=False, batch_size=16, progress=True,
+                  remove_hair=False):
     """Yields `(path, probability, mask)` for image files: what `predict.py` writes, and what the web
     app (`webapp.py`) shows and serves, from this one function.
 
@@ -268,6 +279,7 @@ def segment_files(model, paths, threshold=0.5, tta=False, postprocess=False, bat
         postprocess: keep the largest region and fill its holes.
         batch_size: images per model call.
         progress: show a progress bar.
+        remove_hair: paint thin dark hairs over first (`predict_files`).
 
     Yields:
         The path; the `float32` probability map at the model's size; the boolean mask at the image's
@@ -276,7 +288,8 @@ def segment_files(model, paths, threshold=0.5, tta=False, postprocess=False, bat
     Raises:
         InputError: an image cannot be read.
     """
-    for path, probability in predict_files(model, paths, batch_size, tta, progress, full_size=False):
+    for path, probability in predict_files(model, paths, batch_size, tta, progress, full_size=False,
+                                           remove_hair=remove_hair):
         yield path, probability, probability_to_mask(probability, image_size_of(path), threshold, postprocess)
 
 

@@ -1,4 +1,5 @@
-"""Figures: a batch with mask outlines, training curves, best / median / worst cases, overlays.
+"""Figures: a batch with mask outlines, training curves, best / median / worst cases, before / after
+pairs, overlays.
 
 Figures are built as `matplotlib.figure.Figure` objects, without pyplot's global state, so no display
 is needed, and written atomically (a temporary file, then a rename).
@@ -107,6 +108,31 @@ def save_cases_figure(cases, path, title="Test cases"):
         for axis in row:
             axis.axis("off")
     fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def save_before_after_figure(cases, path, title, before="as it is", after="after"):
+    """Saves rows of (image before, image after) a preprocessing step, each with the ground truth's
+    outline (green) and the prediction's (magenta), e.g. hair removal (`benchmarks/dehair_protocol.py`).
+
+    Args:
+        cases: list of dicts with `label`, `id`, `truth` (boolean mask), and for `"before"` and
+            `"after"` each an `image` (`uint8` RGB), `prediction` (boolean mask) and `dice`, as
+            `{"before": {...}, "after": {...}}`.
+        path: PNG file to write.
+        title: the figure's title.
+        before, after: the two columns' names.
+    """
+    fig = Figure(figsize=(7.0, 2.6 * len(cases)))
+    axes = fig.subplots(len(cases), 2, squeeze=False)
+    for row, case in zip(axes, cases):
+        for axis, key, name in ((row[0], "before", before), (row[1], "after", after)):
+            side = case[key]
+            drawn = outline(side["image"].astype(np.float32) / 255.0, case["truth"], TRUTH_COLOUR)
+            axis.imshow(outline(drawn, side["prediction"], PREDICTION_COLOUR))
+            axis.set_title(f"{case['label']}: {case['id']}\n{name}: Dice {side['dice']:.3f}", fontsize=8)
+            axis.axis("off")
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
 

@@ -162,7 +162,7 @@ def main(argv=None):
     model = inference.load_model(model_path)
     make_output_dir(args.out)
     results = inference.segment_files(model, paths, args.threshold, args.tta, args.postprocess, args.batch_size,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, remove_hair=args.remove_hair)
     for path, _, mask in results:
         sample_id = sample_id_of(path)
         write_mask(mask, os.path.join(args.out, f"{sample_id}_segmentation.png"))

@@ -18,7 +18,8 @@ import settings
 from errors import InputError
 
 
-def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, threshold=0.5, progress=True):
+def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, threshold=0.5, progress=True,
+                   remove_hair=False):
     """Scores a model on image/mask pairs, one row of metrics per image.
 
     Args:
@@ -29,6 +30,7 @@ def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, th
         postprocess: keep the largest region and fill holes.
         threshold: probability threshold.
         progress: show a progress bar.
+        remove_hair: paint thin dark hairs over before predicting (`hair_removal`).
 
     Returns:
         A list of dicts: `id`, each of `metrics.REPORT_METRICS`, `lesion_fraction` (the true
@@ -39,7 +41,7 @@ def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, th
         InputError: a file cannot be read, or a mask's size differs from its image's.
     """
     predictions = inference.predict_files(model, [p.image_path for p in pairs], batch_size, tta,
-                                          progress, desc="Evaluating")
+                                          progress, desc="Evaluating", remove_hair=remove_hair)
     return [score_prediction(pair, inference.to_mask(probability, threshold, postprocess), "its image")
             for pair, (_, probability) in zip(pairs, predictions)]
 
@@ -97,13 +99,14 @@ def pick_cases(rows, quantiles=BEST_MEDIAN_WORST):
 
 
 def save_cases(model, pairs, rows, path, tta=False, postprocess=False, threshold=0.5, title="Test cases",
-               quantiles=BEST_MEDIAN_WORST):
+               quantiles=BEST_MEDIAN_WORST, remove_hair=False):
     """Draws cases picked by `pick_cases` (image, ground truth, prediction) to `path`."""
     by_id = {pair.id: pair for pair in pairs}
     cases = []
     for label, row in pick_cases(rows, quantiles):
         pair = by_id[row["id"]]
-        _, probability = next(inference.predict_files(model, [pair.image_path], 1, tta, progress=False))
+        _, probability = next(inference.predict_files(model, [pair.image_path], 1, tta, progress=False,
+                                                      remove_hair=remove_hair))
         cases.append({
             "label": label, "id": row["id"], "dice": row["dice"],
             "image": lesion_files.read_image(pair.image_path),

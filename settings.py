@@ -36,6 +36,7 @@ OUTPUT_PNG_SOFTWARE = "lesion-unet"
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "improved_unet.keras")
 DEFAULT_TTA = False
 DEFAULT_POSTPROCESS = True
+DEFAULT_REMOVE_HAIR = False  # an option: it helps on dense hair only (README, "Hair removal")
 DEFAULT_THRESHOLD = 0.5
 
 

@@ -7,7 +7,7 @@ one image. Segmentation is `inference.segment_files`, the function `predict.py` 
 user downloads is the file `predict.py` writes for the same image and settings.
 
 API (the page uses it; so can `curl`):
-    POST /api/segment?name=FILE&tta=0|1&postprocess=0|1   body: the image file's bytes
+    POST /api/segment?name=FILE&tta=0|1&postprocess=0|1&remove_hair=0|1   body: the image file's bytes
         -> 200 JSON result (`Segmenter.segment`), or 4xx/5xx JSON `{"error": message}`
     GET /api/info                   -> the model and the defaults
     GET /results/<token>/<file>     -> a result's images and downloads (the last `RESULTS_KEPT`)
@@ -119,7 +119,8 @@ class Segmenter:
         self._results = collections.OrderedDict()
         self._results_lock = threading.Lock()
 
-    def segment(self, name, data, tta=settings.DEFAULT_TTA, postprocess=settings.DEFAULT_POSTPROCESS):
+    def segment(self, name, data, tta=settings.DEFAULT_TTA, postprocess=settings.DEFAULT_POSTPROCESS,
+                remove_hair=settings.DEFAULT_REMOVE_HAIR):
         """Segments one uploaded image.
 
         Args:
@@ -127,6 +128,7 @@ class Segmenter:
             data: the file's bytes.
             tta: flip test-time augmentation.
             postprocess: keep the largest region and fill its holes.
+            remove_hair: paint thin dark hairs over first (`hair_removal`).
 
         Returns:
             A JSON-ready dict: `name`, `id`, `width`, `height`, `area_pixels`, `area_percent`,
@@ -149,7 +151,7 @@ class Segmenter:
             try:
                 with self._model_lock:
                     started = time.perf_counter()
-                    result, files = self._segment_file(path, tta, postprocess)
+                    result, files = self._segment_file(path, tta, postprocess, remove_hair)
             except InputError as error:  # name the user's file, not the temporary copy; no advice about folders
                 message = str(error).replace(path, file_name).replace("; replace or remove the file", "")
                 raise InputError(f"{message}; upload a .jpg, .png, .bmp or .tif image") from None
@@ -164,7 +166,7 @@ class Segmenter:
                 self._results.popitem(last=False)
         result.update(
             name=str(name), id=stem, seconds=round(finished - started, 3), waited_seconds=round(started - received, 3),
-            tta=bool(tta), postprocess=bool(postprocess), threshold=self.threshold,
+            tta=bool(tta), postprocess=bool(postprocess), remove_hair=bool(remove_hair), threshold=self.threshold,
             files={key: f"/results/{token}/{file}" for key, file in names.items()},
             # predict.py's names, from the name as uploaded (the URLs use the safe copy of it)
             download_names={"mask_png": f"{sample_id_of(name)}_segmentation.png",
@@ -172,11 +174,11 @@ class Segmenter:
         logger.info("segmented %s (%dx%d) in %.2f s", file_name, result["width"], result["height"], finished - started)
         return result
 
-    def _segment_file(self, path, tta, postprocess):
+    def _segment_file(self, path, tta, postprocess, remove_hair):
         from matplotlib import colormaps  # only here: the server starts without matplotlib's import
 
         ((_, probability, mask),) = inference.segment_files(self.model, [path], self.threshold, tta, postprocess,
-                                                            batch_size=1, progress=False)
+                                                            batch_size=1, progress=False, remove_hair=remove_hair)
         height, width = mask.shape
         with Image.open(path) as header:
             mode = header.mode
@@ -257,6 +259,7 @@ class AppServer(ThreadingHTTPServer):
             "threshold": segmenter.threshold,
             "tta": settings.DEFAULT_TTA,
             "postprocess": settings.DEFAULT_POSTPROCESS,
+            "remove_hair": settings.DEFAULT_REMOVE_HAIR,
             "max_upload_bytes": self.max_upload_bytes,
             "examples": [{"name": name, "url": f"/examples/{name}"} for name in self.example_seeds],
         }
@@ -349,8 +352,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_error(HTTPStatus.BAD_REQUEST, f"{name}: the upload was cut short; send it again")
         tta = _flag(query.get("tta"), settings.DEFAULT_TTA)
         postprocess = _flag(query.get("postprocess"), settings.DEFAULT_POSTPROCESS)
+        remove_hair = _flag(query.get("remove_hair"), settings.DEFAULT_REMOVE_HAIR)
         try:
-            result = self.server.segmenter.segment(name, data, tta, postprocess)
+            result = self.server.segmenter.segment(name, data, tta, postprocess, remove_hair)
         except InputError as error:
             return self._send_error(HTTPStatus.BAD_REQUEST, str(error))
         except MemoryError:

@@ -128,9 +128,11 @@ def predict_scales(model, images, scales=(1.0,), tta=False):
     return total / len(scales)
 
 
-def shifted_probabilities(model, pairs, shifts=SHIFTS, batch_size=16, progress=True, tta=False, scales=(1.0,)):
+def shifted_probabilities(model, pairs, shifts=SHIFTS, batch_size=16, progress=True, tta=False, scales=(1.0,),
+                          preprocess=None):
     """Yields `(pair, shift, truth, probability)` for each pair under each shift: the shifted mask and
     the model's lesion probability resized to it (bilinear), for whatever mask step follows.
+    `preprocess`, if given, maps each shifted `uint8` image to the one the model sees (e.g. hair removal).
     """
     from tqdm.auto import tqdm
 
@@ -145,6 +147,8 @@ def shifted_probabilities(model, pairs, shifts=SHIFTS, batch_size=16, progress=T
                          for p in chunk]
             for shift in shifts:
                 shifted = [shift_pair(image, mask, shift) for image, mask in originals]
+                if preprocess is not None:
+                    shifted = [(preprocess(image), mask) for image, mask in shifted]
                 batch = np.stack([np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
                                   for image, _ in shifted]).astype(np.float32) / 255.0
                 for pair, (_, truth), probability in zip(chunk, shifted, predict_scales(model, batch, scales, tta)):

@@ -64,7 +64,7 @@ function showResult(card, result) {
     ["time", `${result.seconds.toFixed(2)} s` + (result.waited_seconds > 0.05
       ? ` (after ${result.waited_seconds.toFixed(1)} s waiting for other images)` : ""), "time"],
     ["settings", `TTA ${result.tta ? "on" : "off"}, post-processing ${result.postprocess ? "on" : "off"}, `
-      + `threshold ${result.threshold}`, "settings"],
+      + `hair removal ${result.remove_hair ? "on" : "off"}, threshold ${result.threshold}`, "settings"],
   ];
   for (const [label, value, key] of rows) {
     stats.append(element("dt", null, label), element("dd", key, value));
@@ -95,6 +95,7 @@ async function segment(file, card) {
   }
   const params = new URLSearchParams({
     name: file.name, tta: $("tta").checked ? "1" : "0", postprocess: $("postprocess").checked ? "1" : "0",
+    remove_hair: $("remove-hair").checked ? "1" : "0",
   });
   let response;
   try {
@@ -154,6 +155,7 @@ async function start() {
   $("model-name").textContent = `${info.model} (input ${info.input_size[1]} × ${info.input_size[0]})`;
   $("tta").checked = info.tta;
   $("postprocess").checked = info.postprocess;
+  $("remove-hair").checked = info.remove_hair;
   $("threshold").textContent = `threshold ${info.threshold}`;
   for (const example of info.examples) {
     const button = element("button");

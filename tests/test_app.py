@@ -68,9 +68,10 @@ def lesion_png(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize("flags", [{}, {"tta": True, "postprocess": False}], ids=["defaults", "tta_no_postprocess"])
+@pytest.mark.parametrize("flags", [{}, {"tta": True, "postprocess": False}, {"remove_hair": True}],
+                         ids=["defaults", "tta_no_postprocess", "remove_hair"])
 def test_downloads_are_the_files_predict_writes(server, lesion_png, tmp_path, flags):
-    cli = {"tta": "--tta", "postprocess": "--no-postprocess"}
+    cli = {"tta": "--tta", "postprocess": "--no-postprocess", "remove_hair": "--remove-hair"}
     result = run_main("predict.py", lesion_png, "--out", str(tmp_path), "--overlay", "--no-progress",
                       *[cli[key] for key in flags])
     assert result.returncode == 0, result.stderr
@@ -86,7 +87,8 @@ def test_downloads_are_the_files_predict_writes(server, lesion_png, tmp_path, fl
     assert answer["area_pixels"] == np.count_nonzero(pixels) > 1000
     assert answer["area_percent"] == pytest.approx(100 * answer["area_pixels"] / 120000)
     assert 0.5 <= answer["confidence"] <= 1 and answer["seconds"] > 0
-    assert (answer["tta"], answer["postprocess"]) == (flags.get("tta", False), flags.get("postprocess", True))
+    assert ((answer["tta"], answer["postprocess"], answer["remove_hair"])
+            == (flags.get("tta", False), flags.get("postprocess", True), flags.get("remove_hair", False)))
     for key in ("overlay", "mask", "heatmap"):  # the pictures on the page: previews at the image's size here
         assert Image.open(io.BytesIO(get(server, answer["files"][key]))).size == (400, 300)
 
@@ -245,7 +247,8 @@ def test_the_page_in_a_real_browser(server, lesion_png, tmp_path):
             card.locator(".area").wait_for(timeout=120_000)
             page.locator('.result[data-name="lesion_b.png"] .area').wait_for(timeout=120_000)
             assert card.locator(".area").inner_text().startswith(f"{expected_area:,} px (")
-            assert card.locator(".settings").inner_text() == "TTA off, post-processing on, threshold 0.5"
+            assert (card.locator(".settings").inner_text()
+                    == "TTA off, post-processing on, hair removal off, threshold 0.5")
             with page.expect_download() as download:
                 card.locator(".download-mask").click()
             assert download.value.suggested_filename == "lesion_a_segmentation.png"
@@ -262,10 +265,11 @@ def test_the_page_in_a_real_browser(server, lesion_png, tmp_path):
             assert message.inner_text().startswith("notes.jpg: cannot read this image")
 
             page.check("#tta")  # the switches reach the server
+            page.check("#remove-hair")
             page.locator(".examples button").first.click()
             example = page.locator('.result[data-name="synthetic_1.png"]')
             example.locator(".area").wait_for(timeout=120_000)
-            assert example.locator(".settings").inner_text().startswith("TTA on, post-processing on")
+            assert example.locator(".settings").inner_text().startswith("TTA on, post-processing on, hair removal on")
             page.evaluate("window.scrollTo(0, 0)")
             screenshot = str(tmp_path / "app.png")
             page.screenshot(path=screenshot, full_page=True)

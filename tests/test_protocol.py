@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import ROOT, TINY
 
@@ -13,6 +14,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import compare_protocols  # noqa: E402
 import cv_protocol  # noqa: E402
 import ensemble_protocol  # noqa: E402
+import dehair_protocol  # noqa: E402
 import postprocess_variants  # noqa: E402
 import shift_protocol  # noqa: E402
 
@@ -166,6 +168,27 @@ def test_ensemble_protocol_scores_each_group_from_one_pass(tmp_path, trained_run
             == {image: row["dice"] for image, row in reports["A"]["zoom"].items()})
 
 
+def test_dehair_protocol_writes_a_report_per_level_and_for_the_hairiest(tmp_path, trained_run, synthetic_dir, capsys):
+    run_dir, _ = trained_run
+    out = str(tmp_path / "dehair")
+    assert dehair_protocol.main(["--model", os.path.join(run_dir, "best.keras"), "--data", synthetic_dir,
+                                 "--out", out, "--shifts", "none", "hair", "--levels", "15", "250",
+                                 "--figure", str(tmp_path / "hair.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "plain: none" in printed and "level15: none" in printed and "level250: none" in printed
+    with Image.open(tmp_path / "hair.png") as figure:
+        assert figure.format == "PNG" and figure.height > 500  # three rows of two panels
+    plain, level15 = (compare_protocols.load_report(f"{out}.{name}.json")[0] for name in ("plain", "level15"))
+    assert list(plain) == list(level15) == ["none", "hair"] and set(plain["hair"]) == set(level15["hair"])
+    hairy = compare_protocols.load_report(f"{out}.plain.hairy.json")[0]
+    assert list(hairy) == ["none"]
+    assert len(hairy["none"]) == max(1, round(dehair_protocol.HAIRY_SHARE * len(plain["none"])))
+    assert set(hairy["none"]) <= set(plain["none"])
+    # A level no pixel reaches removes nothing: the same scores as the plain images.
+    level250 = compare_protocols.load_report(f"{out}.level250.json")[0]
+    assert {i: r["dice"] for i, r in level250["none"].items()} == {i: r["dice"] for i, r in plain["none"].items()}
+
+
 def _report(path, dice_by_shift, ids=("a", "b", "c", "d"), fraction=0.2):
     """Writes a protocol report of one group; `dice_by_shift[shift]` lists each image's Dice."""
     import json
@@ -234,6 +257,11 @@ def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
     (cv_protocol, ["--out", "o", "--parallel", "0"], "--parallel: must be an integer >= 1, got 0"),
     (cv_protocol, ["--out", "o", "--shifts", "rain"], "--shifts: invalid choice: 'rain'"),  # before any fold trains
     (ensemble_protocol, ["--models", "m.keras", "--data", "d", "--out", "o"], "--models: give 2 to 4 models, got 1"),
+    (dehair_protocol, ["--model", "m.keras", "--data", "d", "--out", "o", "--levels", "0"],
+     "--levels: must be an integer >= 1 and <= 255, got 0"),
+    (dehair_protocol, ["--model", "m.keras", "--data", "d", "--out", "o", "--split", "test"], "--split: invalid choice"),
+    (dehair_protocol, ["--model", "m.keras", "--data", "d", "--out", "o", "--shifts", "none", "--figure", "f.png"],
+     "--figure draws the hair condition: add hair to --shifts"),
     (compare_protocols, ["a.json", "b.json", "--resamples", "0"], "--resamples: must be an integer >= 100"),
 ])
 def test_protocol_scripts_check_their_flags_in_one_line(script, argv, expected, capsys):
