@@ -94,10 +94,7 @@ def main(argv=None):
                                 for level in args.levels]
     reports = {}
     for name, preprocess in arms:
-        results = reports[name] = {shift: [] for shift in args.shifts}
-        for pair, shift, truth, probability in shift_protocol.shifted_probabilities(model, pairs, args.shifts,
-                                                                                    preprocess=preprocess):
-            results[shift].append(metrics_row(pair, truth, probability))
+        results = reports[name] = shift_protocol.score_shifted(model, pairs, args.shifts, preprocess=preprocess)
         runfolder.save_json({f"{args.model} ({name})": results}, f"{args.out}.{name}.json")
         if "none" in results:
             runfolder.save_json({f"{args.model} ({name}, hairiest)": {
@@ -137,14 +134,6 @@ def save_figure(model, pairs, plain_rows, dehaired_rows, preprocess, path):
     plots.save_before_after_figure(cases, path, "24 drawn hairs, as they are and painted over (green: the "
                                    "expert outline, magenta: the model's)", "drawn hair", "hair removed")
     return cases
-
-
-def metrics_row(pair, truth, probability):
-    """The protocol's row for one prediction: `evaluate.py`'s defaults (threshold 0.5, post-processed)."""
-    import inference
-    import metrics
-
-    return metrics.score_row(pair.id, inference.to_mask(probability, 0.5, True), truth)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import compare_protocols  # noqa: E402
 import cv_protocol  # noqa: E402
 import ensemble_protocol  # noqa: E402
+import colour_protocol  # noqa: E402
 import dehair_protocol  # noqa: E402
 import postprocess_variants  # noqa: E402
 import shift_protocol  # noqa: E402
@@ -39,7 +40,11 @@ def test_zoom_shift_doubles_the_lesion_share_and_keeps_sizes():
     assert (shift_protocol.shift_pair(vignette, mask, "hair")[0] == hairy).all()  # the same hairs every time
     other = shift_protocol.shift_pair(np.full_like(image, 190), mask, "hair")[0]
     assert (np.any(other != 190, axis=2) != np.any(hairy != vignette, axis=2)).any()  # seeded by the image
-    assert "hair" not in shift_protocol.SHIFTS  # only when asked: the five-condition mean keeps its meaning
+    small_mask = mask[:4, :4]
+    cast, same_mask = shift_protocol.shift_pair(np.full((4, 4, 3), 100, np.uint8), small_mask, "cast")
+    assert same_mask is small_mask and (cast == (85, 100, 115)).all()  # red and blue 15% apart, green kept
+    assert (shift_protocol.colour_cast(np.full((2, 2, 3), 100, np.uint8)) == (115, 100, 85)).all()  # by the image
+    assert "hair" not in shift_protocol.SHIFTS and "cast" not in shift_protocol.SHIFTS  # only when asked
     with pytest.raises(ValueError, match="hair"):
         shift_protocol.shift_pair(image, mask, "rain")
 
@@ -187,6 +192,30 @@ def test_dehair_protocol_writes_a_report_per_level_and_for_the_hairiest(tmp_path
     # A level no pixel reaches removes nothing: the same scores as the plain images.
     level250 = compare_protocols.load_report(f"{out}.level250.json")[0]
     assert {i: r["dice"] for i, r in level250["none"].items()} == {i: r["dice"] for i, r in plain["none"].items()}
+
+
+def test_shades_of_gray_makes_a_uniform_cast_grey():
+    tinted = np.empty((8, 8, 3), np.uint8)
+    tinted[:] = (200, 160, 120)
+    assert (colour_protocol.shades_of_gray(tinted) == 160).all()  # the mean grey level kept
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    cast = np.clip(image * np.array([1.15, 1.0, 0.85]), 0, 255).astype(np.uint8)
+    back = colour_protocol.shades_of_gray(cast).astype(int)
+    assert np.abs(back.mean(axis=(0, 1)) - back.mean()).max() < np.abs(cast.mean(axis=(0, 1)) - cast.mean()).max()
+    black = np.zeros((4, 4, 3), np.uint8)
+    black[..., 1] = 50
+    assert (colour_protocol.shades_of_gray(black) == black).all()  # a channel black everywhere: unchanged
+
+
+def test_colour_protocol_writes_plain_and_corrected_reports(tmp_path, trained_run, synthetic_dir, capsys):
+    run_dir, _ = trained_run
+    out = str(tmp_path / "sog")
+    assert colour_protocol.main(["--model", os.path.join(run_dir, "best.keras"), "--data", synthetic_dir,
+                                 "--out", out, "--shifts", "none", "cast"]) == 0
+    printed = capsys.readouterr().out
+    assert "plain: none" in printed and "sog: none" in printed
+    plain, corrected = (compare_protocols.load_report(f"{out}.{name}.json")[0] for name in ("plain", "sog"))
+    assert list(plain) == list(corrected) == ["none", "cast"] and set(plain["cast"]) == set(corrected["cast"])
 
 
 def _report(path, dice_by_shift, ids=("a", "b", "c", "d"), fraction=0.2):
