@@ -85,7 +85,8 @@ def main(argv=None):
             height, width = lesion_files.image_size_of(paths[0])
             cases = [(f"{len(paths)} images of {args.images} ({width}x{height}, the first)", paths)]
         else:
-            cases = [(f"{size[1]}x{size[0]}, drawn hair", write_images(folder, size, args.count)) for size in args.sizes]
+            cases = [(f"{size[1]}x{size[0]}, drawn hair", write_images(folder, size, args.count))
+                     for size in args.sizes]
         for label, paths in cases:
             read = _seconds(lambda: [lesion_files.read_image(path, input_size) for path in paths])
             cleaned = _seconds(lambda: [hair_removal.read_image_without_hair(path, input_size) for path in paths])

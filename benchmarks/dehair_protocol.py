@@ -73,9 +73,14 @@ def main(argv=None):
     parser.add_argument("--figure", default=None,
                         help="also draw the images with the largest gain, the median change and the largest loss "
                              "under drawn hair at the first level, before and after, to this PNG (default: none)")
+    parser.add_argument("--figure-real", default=None,
+                        help="the same for the hairiest real quarter, unshifted (needs none in --shifts) "
+                             "(default: none)")
     args = parser.parse_args(argv)
     if args.figure and "hair" not in args.shifts:
         parser.error("--figure draws the hair condition: add hair to --shifts")
+    if args.figure_real and "none" not in args.shifts:
+        parser.error("--figure-real draws the unshifted images: add none to --shifts")
 
     import functools
 
@@ -101,15 +106,23 @@ def main(argv=None):
                 "none": [row for row in results["none"] if row["id"] in hairy]}}, f"{args.out}.{name}.hairy.json")
         print(f"{name}: " + ", ".join(f"{shift} {np.mean([row['dice'] for row in rows]):.4f}"
                                       for shift, rows in results.items()))
+    level, preprocess = arms[1]
     if args.figure:
-        save_figure(model, pairs, reports["plain"]["hair"], reports[arms[1][0]]["hair"], arms[1][1], args.figure)
+        save_figure(model, pairs, reports["plain"]["hair"], reports[level]["hair"], preprocess, args.figure, "hair",
+                    "24 drawn hairs, as they are and painted over")
         print(f"figure: {args.figure}")
+    if args.figure_real:
+        rows = [[row for row in reports[name]["none"] if row["id"] in hairy] for name in ("plain", level)]
+        save_figure(model, pairs, *rows, preprocess, args.figure_real, "none",
+                    "The hairiest real images (a quarter), as they are and painted over")
+        print(f"figure: {args.figure_real}")
     return 0
 
 
-def save_figure(model, pairs, plain_rows, dehaired_rows, preprocess, path):
-    """Draws the pairs with the largest gain, the median change and the largest loss of Dice under
-    drawn hair, as the model sees them without and with `preprocess` (`plots.save_before_after_figure`)."""
+def save_figure(model, pairs, plain_rows, dehaired_rows, preprocess, path, shift, title):
+    """Draws the pairs of the rows with the largest gain, the median change and the largest loss of
+    Dice under `shift`, as the model sees them without and with `preprocess`
+    (`plots.save_before_after_figure`)."""
     import dataGenerator
     import inference
     import plots
@@ -122,17 +135,18 @@ def save_figure(model, pairs, plain_rows, dehaired_rows, preprocess, path):
     cases = []
     for label, image_id in picks:
         pair = by_id[image_id]
-        hairy = shift_protocol.draw_hairs(dataGenerator.read_image(pair.image_path))
+        image = dataGenerator.read_image(pair.image_path)
+        shifted = shift_protocol.shift_pair(image, np.zeros(image.shape[:2], bool), shift)[0]
         case = {"label": label, "id": image_id}
         for key, step in (("before", None), ("after", preprocess)):
-            ((_, _, truth, probability),) = shift_protocol.shifted_probabilities(model, [pair], ("hair",),
+            ((_, _, truth, probability),) = shift_protocol.shifted_probabilities(model, [pair], (shift,),
                                                                                  progress=False, preprocess=step)
             case["truth"] = truth
-            case[key] = {"image": hairy if step is None else step(hairy),
+            case[key] = {"image": shifted if step is None else step(shifted),
                          "prediction": inference.to_mask(probability, 0.5, True), "dice": dice[key][image_id]}
         cases.append(case)
-    plots.save_before_after_figure(cases, path, "24 drawn hairs, as they are and painted over (green: the "
-                                   "expert outline, magenta: the model's)", "drawn hair", "hair removed")
+    plots.save_before_after_figure(cases, path, f"{title} (green: the expert outline, magenta: the model's)",
+                                   "as it is", "hair removed")
     return cases
 
 

@@ -74,7 +74,8 @@ def test_remove_hair_flag_reaches_the_model_input_and_the_report(trained_run, sy
     model = os.path.join(run_dir, "best.keras")
     calls = []
     read = hair_removal.read_image_without_hair
-    monkeypatch.setattr(hair_removal, "read_image_without_hair", lambda path, size: calls.append(path) or read(path, size))
+    monkeypatch.setattr(hair_removal, "read_image_without_hair",
+                        lambda path, size: calls.append(path) or read(path, size))
     images = [os.path.join(synthetic_dir, "images", f"synthetic_000{index}.jpg") for index in range(3)]
     assert run_main("predict.py", model, *images, "--out", str(tmp_path / "plain"), "--no-progress").returncode == 0
     assert calls == []  # off by default

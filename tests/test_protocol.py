@@ -178,11 +178,13 @@ def test_dehair_protocol_writes_a_report_per_level_and_for_the_hairiest(tmp_path
     out = str(tmp_path / "dehair")
     assert dehair_protocol.main(["--model", os.path.join(run_dir, "best.keras"), "--data", synthetic_dir,
                                  "--out", out, "--shifts", "none", "hair", "--levels", "15", "250",
-                                 "--figure", str(tmp_path / "hair.png")]) == 0
+                                 "--figure", str(tmp_path / "hair.png"),
+                                 "--figure-real", str(tmp_path / "real.png")]) == 0
     printed = capsys.readouterr().out
     assert "plain: none" in printed and "level15: none" in printed and "level250: none" in printed
-    with Image.open(tmp_path / "hair.png") as figure:
-        assert figure.format == "PNG" and figure.height > 500  # three rows of two panels
+    for name in ("hair.png", "real.png"):
+        with Image.open(tmp_path / name) as figure:
+            assert figure.format == "PNG" and figure.height > 500  # three rows of two panels
     plain, level15 = (compare_protocols.load_report(f"{out}.{name}.json")[0] for name in ("plain", "level15"))
     assert list(plain) == list(level15) == ["none", "hair"] and set(plain["hair"]) == set(level15["hair"])
     hairy = compare_protocols.load_report(f"{out}.plain.hairy.json")[0]
@@ -291,6 +293,8 @@ def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
     (dehair_protocol, ["--model", "m.keras", "--data", "d", "--out", "o", "--split", "test"], "--split: invalid choice"),
     (dehair_protocol, ["--model", "m.keras", "--data", "d", "--out", "o", "--shifts", "none", "--figure", "f.png"],
      "--figure draws the hair condition: add hair to --shifts"),
+    (dehair_protocol, ["--model", "m.keras", "--data", "d", "--out", "o", "--shifts", "hair", "--figure-real", "f.png"],
+     "--figure-real draws the unshifted images: add none to --shifts"),
     (compare_protocols, ["a.json", "b.json", "--resamples", "0"], "--resamples: must be an integer >= 100"),
 ])
 def test_protocol_scripts_check_their_flags_in_one_line(script, argv, expected, capsys):
