@@ -14,6 +14,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+import hair_removal
 from lesion_files import encode_png, image_size_of, read_image
 from errors import InputError
 
@@ -250,12 +251,7 @@ def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="P
         InputError: an image cannot be read.
     """
     size = model_image_size(model)
-    if remove_hair:
-        import hair_removal
-
-        read = hair_removal.read_image_without_hair
-    else:
-        read = read_image
+    read = hair_removal.read_image_without_hair if remove_hair else read_image
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
