@@ -55,3 +55,4 @@ def test_test_notebook(synthetic_dir, basic_run, tmp_path):
                                        "SPLIT": "test", "SEED": 0, "LIMIT": None}, tmp_path)
     text = "".join(o.get("text", "") for o in _outputs(notebook))
     assert "TTA on" in text and "post-processing" in text
+    assert "24 drawn hairs: mean Dice" in text and "without hair removal" in text
