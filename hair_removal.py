@@ -39,7 +39,7 @@ def hair_mask(image, level=HAIR_LEVEL):
     """
     import cv2
 
-    scale = max(image.shape[:2]) / 256.0
+    scale = max(image.shape[:2]) / WORKING_SIDE
     size = 2 * max(1, round(KERNEL_PIXELS * scale / 2)) + 1  # odd, at least 3
     grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
     blackhat = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_CROSS, (size, size)))
@@ -59,7 +59,7 @@ def remove_hair(image, level=HAIR_LEVEL):
     """
     import cv2
 
-    radius = max(1, round(INPAINT_RADIUS * max(image.shape[:2]) / 256.0))
+    radius = max(1, round(INPAINT_RADIUS * max(image.shape[:2]) / WORKING_SIDE))
     return cv2.inpaint(np.ascontiguousarray(image), hair_mask(image, level), radius, cv2.INPAINT_TELEA)
 
 
@@ -70,8 +70,25 @@ def working_size(image_size):
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def without_hair(image, level=HAIR_LEVEL):
+    """What `--remove-hair` does to an image: shrunk to `working_size` if larger, then `remove_hair`.
+
+    Args:
+        image: `uint8` RGB array `(h, w, 3)`.
+        level: `hair_mask`'s threshold.
+
+    Returns:
+        A new `uint8` RGB array at `working_size(image.shape[:2])`.
+    """
+    size = working_size(image.shape[:2])
+    if size != image.shape[:2]:
+        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8)
+    return remove_hair(image, level)
+
+
 def read_image_without_hair(path, size):
-    """Reads an image at `working_size`, removes its hair there, and resizes it to `size`.
+    """Reads an image at `working_size` (large JPEGs decoded at reduced scale), `without_hair`, and
+    resizes it to `size`.
 
     Args:
         path: image file.
@@ -83,7 +100,7 @@ def read_image_without_hair(path, size):
     Raises:
         InputError: the file is missing, truncated or not an image.
     """
-    image = remove_hair(lesion_files.read_image(path, working_size(lesion_files.image_size_of(path))))
+    image = without_hair(lesion_files.read_image(path, working_size(lesion_files.image_size_of(path))))
     if image.shape[:2] == tuple(size):
         return image
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8)

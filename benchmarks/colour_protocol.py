@@ -64,15 +64,9 @@ def main(argv=None):
 
     quiet.import_keras()
     import inference
-    import runfolder
 
-    model = inference.load_model(args.model)
-    pairs = shift_protocol.split_part(args.data, args.seed)
-    for name, preprocess in (("plain", None), ("sog", shades_of_gray)):
-        results = shift_protocol.score_shifted(model, pairs, args.shifts, preprocess=preprocess)
-        runfolder.save_json({f"{args.model} ({name})": results}, f"{args.out}.{name}.json")
-        print(f"{name}: " + ", ".join(f"{shift} {np.mean([row['dice'] for row in rows]):.4f}"
-                                      for shift, rows in results.items()))
+    shift_protocol.score_arms(inference.load_model(args.model), shift_protocol.split_part(args.data, args.seed),
+                              args.shifts, [("plain", None), ("sog", shades_of_gray)], args.out, args.model)
     return 0
 
 

@@ -42,22 +42,24 @@ HAIRS = 24  # dark hairs drawn per image for `hair`: dense hair, the top of trai
 CAST_GAIN = 0.15
 
 
-def draw_hairs(image, count=HAIRS):
-    """`dataGenerator.draw_hairs` seeded by the image's pixels, so each image always gets the same hairs."""
+def _image_seed(image):
+    """A seed from the image's pixels: a drawn shift is the same for an image every time it is scored."""
     import zlib
 
+    return zlib.crc32(np.ascontiguousarray(image).tobytes())
+
+
+def draw_hairs(image, count=HAIRS):
+    """`dataGenerator.draw_hairs` seeded by the image's pixels, so each image always gets the same hairs."""
     import dataGenerator
 
-    rng = np.random.default_rng(zlib.crc32(np.ascontiguousarray(image).tobytes()))
-    return dataGenerator.draw_hairs(image, rng, count)
+    return dataGenerator.draw_hairs(image, np.random.default_rng(_image_seed(image)), count)
 
 
 def colour_cast(image):
     """`image` under another white balance: red x (1 + `CAST_GAIN`) and blue x (1 - `CAST_GAIN`), or the
     reverse, chosen by the image's pixels (so each image always gets the same cast)."""
-    import zlib
-
-    warmer = zlib.crc32(np.ascontiguousarray(image).tobytes()) % 2 == 0
+    warmer = _image_seed(image) % 2 == 0
     sign = 1.0 if warmer else -1.0
     gains = np.array([1.0 + sign * CAST_GAIN, 1.0, 1.0 - sign * CAST_GAIN], dtype=np.float32)
     return np.clip(image * gains, 0, 255).round().astype(np.uint8)
@@ -191,6 +193,32 @@ def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, 
         prediction = inference.to_mask(probability, threshold, postprocess)
         results[shift].append(metrics.score_row(pair.id, prediction, truth))
     return results
+
+
+def score_arms(model, pairs, shifts, arms, out, model_label):
+    """Scores `model` on `pairs` under `shifts` once per arm, e.g. with and without a preprocessing step.
+
+    Args:
+        model: a segmentation model.
+        pairs: the images to score.
+        shifts: conditions, from `SHIFTS` and `EXTRA_SHIFTS`.
+        arms: `[(name, preprocess)]`; `preprocess` as in `shifted_probabilities`, `None` for the images
+            as they are.
+        out: each arm's rows go to `OUT.NAME.json`, a report `compare_protocols.py` reads.
+        model_label: the report's group name is `"MODEL_LABEL (NAME)"`.
+
+    Returns:
+        `{name: {shift: rows}}`; each arm's mean Dice per shift is printed as it finishes.
+    """
+    import runfolder
+
+    reports = {}
+    for name, preprocess in arms:
+        results = reports[name] = score_shifted(model, pairs, shifts, preprocess=preprocess)
+        runfolder.save_json({f"{model_label} ({name})": results}, f"{out}.{name}.json")
+        print(f"{name}: " + ", ".join(f"{shift} {np.mean([row['dice'] for row in rows]):.4f}"
+                                      for shift, rows in results.items()), flush=True)
+    return reports
 
 
 def table(results_by_group):

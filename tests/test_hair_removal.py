@@ -110,10 +110,10 @@ def test_remove_hair_is_what_the_protocol_measured_and_helps_under_drawn_hair():
     rows = scoring.evaluate_pairs(model, pairs, postprocess=True, remove_hair=True, progress=False)
     measured = {pair.id: metrics.score_row(pair.id, inference.to_mask(probability, 0.5, True), truth)["dice"]
                 for pair, _, truth, probability in shift_protocol.shifted_probabilities(
-                    model, pairs, ("none",), progress=False, preprocess=hair_removal.remove_hair)}
+                    model, pairs, ("none",), progress=False, preprocess=hair_removal.without_hair)}
     assert {row["id"]: row["dice"] for row in rows} == pytest.approx(measured, abs=1e-6)
     dice = {}
-    for name, preprocess in (("plain", None), ("dehaired", hair_removal.remove_hair)):
+    for name, preprocess in (("plain", None), ("dehaired", hair_removal.without_hair)):
         scored = [metrics.score_row(pair.id, inference.to_mask(probability, 0.5, True), truth)["dice"]
                   for pair, _, truth, probability in shift_protocol.shifted_probabilities(
                       model, pairs, ("hair",), progress=False, preprocess=preprocess)]
