@@ -23,7 +23,7 @@ import dataGenerator
 import runfolder
 from errors import InputError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: masks of only 0 and 1 are read as lesion = 1 (they were empty)
 _IMAGES, _MASKS, _META = "images.npy", "masks.npy", "meta.json"
 
 

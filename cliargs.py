@@ -20,11 +20,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _describe(low, high, low_open=False, high_open=False):
+    def shown(value):
+        return str(value) if isinstance(value, int) else f"{value:g}"
+
     parts = []
     if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
+        parts.append(f"{'>' if low_open else '>='} {shown(low)}")
     if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high:g}")
+        parts.append(f"{'<' if high_open else '<='} {shown(high)}")
     return " and ".join(parts)
 
 
@@ -41,6 +44,7 @@ def int_range(low=None, high=None):
         return value
 
     parse.__name__ = "integer"
+    parse.low, parse.high = low, high  # for the test that every flag has an upper bound
     return parse
 
 
@@ -60,6 +64,7 @@ def float_range(low=None, high=None, low_open=False, high_open=False):
         return value
 
     parse.__name__ = "number"
+    parse.low, parse.high = low, high
     return parse
 
 
@@ -98,11 +103,11 @@ def model_summary_parser(model_title, base_filters, depth, depth_help):
     """The parser of `python model_*.py`, which prints a model's summary: `--image-size`,
     `--base-filters` and `--depth`, with the model's own defaults."""
     parser = ArgumentParser(description=f"Print the {model_title}'s summary and size.")
-    parser.add_argument("--image-size", type=int_range(1), nargs=2, default=list(settings.DEFAULT_IMAGE_SIZE),
+    parser.add_argument("--image-size", type=int_range(1, 4096), nargs=2, default=list(settings.DEFAULT_IMAGE_SIZE),
                         metavar=("H", "W"), help="input height and width (default: %(default)s)")
-    parser.add_argument("--base-filters", type=int_range(1), default=base_filters,
+    parser.add_argument("--base-filters", type=int_range(1, 1024), default=base_filters,
                         help="filters at level 1 (default: %(default)s)")
-    parser.add_argument("--depth", type=int_range(1), default=depth, help=f"{depth_help} (default: %(default)s)")
+    parser.add_argument("--depth", type=int_range(1, 10), default=depth, help=f"{depth_help} (default: %(default)s)")
     return parser
 
 

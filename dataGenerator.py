@@ -49,6 +49,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+import lesion_files  # noqa: E402
 from lesion_files import (  # noqa: E402, F401 (this module's data API: the training code and notebooks use it here)
     Pair, find_pairs, image_size_of, kfold_split, listed, load_split, read_image, read_mask, resolve_folders,
     select_pairs, split_pairs)
@@ -64,7 +65,7 @@ def _load_pair(pair, image_size):
             "masks must match their images"
         )
     return (read_image(pair.image_path, image_size),
-            *read_mask(pair.mask_path, image_size, return_was_binary=True))
+            *read_mask(pair.mask_path, image_size, return_format=True))
 
 
 def load_arrays(pairs, image_size=DEFAULT_IMAGE_SIZE, progress=True, out=None):
@@ -78,25 +79,26 @@ def load_arrays(pairs, image_size=DEFAULT_IMAGE_SIZE, progress=True, out=None):
 
     Returns:
         `(images, masks)`: `uint8` arrays of shapes `(n, h, w, 3)` and `(n, h, w)`, masks in {0, 1}.
-        Masks holding values other than 0 and 255 are binarised at 128 and counted in a log note.
+        Masks of 0 and 1, and masks of other values than 0 and 255 (binarised at 128), are counted
+        in a log note (`read_mask` has the rule).
     """
     height, width = image_size
     if out is None:
         out = (np.empty((len(pairs), height, width, 3), dtype=np.uint8),
                np.empty((len(pairs), height, width), dtype=np.uint8))
     images, masks = out
-    not_binary = 0
+    formats = []
     # Pillow releases the GIL while it decodes and resizes, so threads use every core.
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         loaded = pool.map(lambda pair: _load_pair(pair, image_size), pairs)
-        for index, (image, mask, was_binary) in enumerate(
+        for index, (image, mask, found) in enumerate(
             tqdm(loaded, total=len(pairs), desc="Decoding", unit="img", disable=not progress,
                  leave=False)
         ):
             images[index], masks[index] = image, mask
-            not_binary += not was_binary
-    if not_binary:
-        log.info("note: %d mask(s) held values other than 0 and 255; binarised at 128", not_binary)
+            formats.append(found)
+    for note in lesion_files.mask_format_notes(formats):
+        log.info("%s", note)
     return images, masks
 
 

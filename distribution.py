@@ -274,7 +274,9 @@ def gpu_fallback_warning():
             "(README, 'On a GPU')")
 
 
-CPUINFO_PATH = "/proc/cpuinfo"
+# Where the CPU's flags are read. LESION_UNET_CPUINFO points it at another description, so that a
+# machine without native bfloat16 can check what a run or the test suite does on one that has it.
+CPUINFO_PATH = os.environ.get("LESION_UNET_CPUINFO", "/proc/cpuinfo")
 # x86 flags of native bfloat16 arithmetic, which oneDNN uses for convolutions: without them TensorFlow
 # emulates bfloat16, and training gets slower instead of faster.
 NATIVE_BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16")

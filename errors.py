@@ -2,8 +2,19 @@
 
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it ends as an interrupt does: temporary files
+    removed, a half-made run undone (`run_cli` installs the handler)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 class InputError(ValueError):
@@ -33,14 +44,24 @@ def run_cli(main, argv=None):
     # warning for one over 89 megapixels would read as an attack. Its hard limit still stops with a
     # clear error (lesion_files._open).
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit .* decompression bomb")
+    # By default SIGTERM ends the process where it stands, leaving a half-written file behind; as an
+    # exception it unwinds through the same clean-up as Ctrl-C. (Signals reach the main thread only.)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         status = main(argv)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return status or 0
 
 

@@ -1,7 +1,7 @@
 """Reports per-image test metrics of a saved model, at each mask's own resolution.
 
     python evaluate.py runs/my_run                 # that run's test split
-    python evaluate.py runs/my_run/best.keras --data DIR   # every pair in DIR
+    python evaluate.py runs/my_run/best.keras --data DIR   # every pair in DIR (-> runs/my_run/evaluation_data)
     python evaluate.py --data DIR                  # the pre-trained model on every pair in DIR
     python evaluate.py --predictions masks/ --data DIR     # masks already predicted (any tool)
 
@@ -30,8 +30,9 @@ def build_parser():
     cliargs.add_data_arguments(parser)
     parser.add_argument("--out", default=None,
                         help="folder for metrics.json, per_image.csv and cases.png "
-                             "(default: RUN/evaluation for a run folder, RUN/evaluation_<split> with --split "
-                             "val or train, ./evaluation otherwise)")
+                             "(default: RUN/evaluation for a run folder's test split, RUN/evaluation_<split> with "
+                             "--split val or train, RUN/evaluation_data for a run folder with --data, "
+                             "runs/evaluation otherwise)")
     parser.add_argument("--split", choices=("test", "val", "train"), default="test",
                         help="with a run folder: which of its splits to score; tune settings on val, "
                              "report test (default: %(default)s)")
@@ -57,7 +58,7 @@ def evaluate_predictions(args):
         raise InputError("--predictions needs the ground truth: --data DIR (or --images DIR --masks DIR)")
     folders = lesion_files.resolve_folders(args.data, args.images, args.masks)
     pairs = lesion_files.find_pairs(*folders, args.skip_unpaired)
-    out_dir = args.out or "evaluation"
+    out_dir = args.out or os.path.join("runs", "evaluation")
     if runfolder.is_run_folder(out_dir):
         raise InputError(f"--out {out_dir}: a run folder of train.py; choose another --out")
     scoring.check_report_folder(out_dir, args.overwrite, (scoring.METRICS_FILE, scoring.PER_IMAGE_FILE))
@@ -69,7 +70,11 @@ def evaluate_predictions(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    has_data = args.data is not None or args.images is not None or args.masks is not None
+    if "split" in cliargs.explicit_flags(parser, sys.argv[1:] if argv is None else argv) and has_data:
+        parser.error("--split chooses a split of a run folder, and --data scores every pair in DIR: drop one")
     if args.predictions is not None:  # scores masks: no model, no Keras
         return evaluate_predictions(args)
     if not (args.target or "").lower().endswith(".onnx"):  # ONNX Runtime runs an exported model without Keras
@@ -92,8 +97,13 @@ def main(argv=None):
           f"{'x'.join(map(str, inference.model_image_size(model)))}, tta={'on' if args.tta else 'off'}, "
           f"postprocess={'on' if args.postprocess else 'off'}, remove_hair={'on' if args.remove_hair else 'off'})")
     options = dict(tta=args.tta, postprocess=args.postprocess, threshold=args.threshold, remove_hair=args.remove_hair)
+    seen = scoring.seen_in_training(model_path, pairs) if has_data else None
+    warning = scoring.seen_in_training_note(seen, len(pairs))
+    if warning:
+        print(warning, file=sys.stderr)
     rows = scoring.evaluate_pairs(model, pairs, args.batch_size, progress=not args.no_progress, **options)
-    summary = scoring.write_report(rows, out_dir, {"model": model_path, "images": description, **options})
+    summary = scoring.write_report(rows, out_dir, {"model": model_path, "images": description, **options,
+                                                   **({"seen_in_training": seen} if seen else {})})
     scoring.save_cases(model, pairs, rows, os.path.join(out_dir, runfolder.CASES),
                        title=f"{description}: best, median, worst", **options)
     print(scoring.format_table(summary))

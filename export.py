@@ -5,8 +5,8 @@
     python predict.py runs/my_run/best.onnx images/ --out masks/   # then, without TensorFlow
 
 Beside the `.onnx` file goes `<name>.onnx.json`: what anyone needs to rebuild the pipeline around the
-network in another language (input size and layout, channel order, scaling, resizing, what the
-output means, threshold, post-processing). `predict.py` and `evaluate.py` take the `.onnx` file as
+network in another language (input size and layout, channel order, scaling, resizing, the optional
+hair removal, what the output means, threshold, post-processing). `predict.py` and `evaluate.py` take the `.onnx` file as
 they take a `.keras` one.
 """
 
@@ -27,6 +27,8 @@ def pipeline_description(model, source):
     """Returns the JSON-ready description of the pipeline around an exported network."""
     import keras
 
+    import hair_removal
+
     height, width = (int(side) for side in model.input_shape[1:3])
     return {
         "format": "onnx",
@@ -41,6 +43,7 @@ def pipeline_description(model, source):
             "scaling": "8-bit pixel values divided by 255, so 0..1; no mean or standard deviation",
             "resize": f"each image resized to {width}x{height} (width x height) with bilinear, antialiased "
                       "filtering (Pillow's BILINEAR), whatever its aspect ratio",
+            "remove_hair": hair_removal.description(),
         },
         "output": {
             "shape": ["batch", height, width, 1],
@@ -98,6 +101,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     model_path = runfolder.model_file(args.target, settings.DEFAULT_MODEL)
+    if not model_path.lower().endswith(".keras"):
+        raise InputError(f"{model_path}: export.py converts a .keras model; "
+                         f"{'this one is ONNX already' if model_path.lower().endswith('.onnx') else 'pass one'} "
+                         "(predict.py and evaluate.py take a .onnx file as it is)")
     if args.out is None:
         stem = os.path.splitext(model_path)[0]
         args.out = (os.path.basename(stem) if model_path == settings.DEFAULT_MODEL else stem) + ".onnx"
@@ -105,6 +112,9 @@ def main(argv=None):
         # Anything else could be a file the user keeps: `--out RUN/best.keras` would replace the model itself.
         raise InputError(f"{args.out}: --out must name a .onnx file (its pipeline description goes beside it, "
                          "as .onnx.json)")
+    if os.path.isdir(args.out) or os.path.isdir(args.out + ".json"):
+        raise InputError(f"{args.out}: a folder, not a file; name the .onnx file to write, e.g. "
+                         f"{os.path.join(args.out, 'model.onnx')}")
     import quiet  # Keras loads only now that the arguments are known to be good
 
     quiet.import_keras()

@@ -86,6 +86,15 @@ def without_hair(image, level=HAIR_LEVEL):
     return remove_hair(image, level)
 
 
+def description():
+    """What `--remove-hair` does, in words, for the pipeline description beside an exported model."""
+    return (f"optional, off by default (predict.py --remove-hair): before the resize, shrink the image to at most "
+            f"{WORKING_SIDE} px on its long side; find hair as the grey image's black-hat response (closing minus "
+            f"image, a {KERNEL_PIXELS}-px cross at {WORKING_SIDE} px) of at least {HAIR_LEVEL} grey levels, dilated "
+            f"by a 3x3 square; paint those pixels over with Telea inpainting (OpenCV, radius {INPAINT_RADIUS} px); "
+            "the mask is then made at the image's own size as below")
+
+
 def read_image_without_hair(path, size):
     """Reads an image at `working_size` (large JPEGs decoded at reduced scale), `without_hair`, and
     resizes it to `size`.

@@ -22,6 +22,38 @@ from errors import InputError
 CODE_CLASSES = ("Lambda", "__lambda__")
 
 
+# What a `.keras` archive may unpack to. The project's largest model's config.json is about 60 kB and
+# its weights 30 MB: these leave room for any U-Net while refusing a padded archive (a "zip bomb")
+# before a byte of it is inflated.
+MAX_KERAS_CONFIG_BYTES = 16 * 2**20      # config.json and metadata.json, each
+MAX_KERAS_ARCHIVE_BYTES = 4 * 2**30      # every member together
+MAX_KERAS_MEMBERS = 64
+
+
+def check_keras_archive(path):
+    """Checks a `.keras` file's zip directory before anything in it is read.
+
+    Raises:
+        InputError: not a zip archive, too many members, or members that would unpack to more than
+            `MAX_KERAS_CONFIG_BYTES` (the JSON files) or `MAX_KERAS_ARCHIVE_BYTES` (all of them).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        raise InputError(f"{path}: not a Keras model (.keras files are zip archives); pass a .keras file") from None
+    if len(members) > MAX_KERAS_MEMBERS:
+        raise InputError(f"{path}: refused: the archive holds {len(members)} files, not a saved Keras model's few")
+    for member in members:
+        if member.filename.endswith(".json") and member.file_size > MAX_KERAS_CONFIG_BYTES:
+            raise InputError(f"{path}: refused: its {member.filename} would unpack to {member.file_size / 1e6:,.0f} MB "
+                             f"(a saved model's is well under {MAX_KERAS_CONFIG_BYTES / 1e6:.0f} MB)")
+    total = sum(member.file_size for member in members)
+    if total > MAX_KERAS_ARCHIVE_BYTES:
+        raise InputError(f"{path}: refused: the archive would unpack to {total / 1e9:,.1f} GB, more than any "
+                         f"model these tools take ({MAX_KERAS_ARCHIVE_BYTES / 1e9:.1f} GB)")
+
+
 def _carries_code(path):
     """Whether the `.keras` archive's `config.json` holds serialized Python code (`CODE_CLASSES`),
     which safe mode refuses to run; `False` when the config cannot be read (the load will say why)."""
@@ -64,7 +96,14 @@ class OnnxModel:
         except Exception as error:  # ONNX Runtime's own error types; all mean "cannot use this file"
             raise InputError(f"{path}: cannot load this ONNX model ({type(error).__name__}: "
                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
-        (source,), (result,) = self.session.get_inputs(), self.session.get_outputs()
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise InputError(f"{path}: the ONNX model has {len(inputs)} input(s) and {len(outputs)} output(s); "
+                             "these tools take one image batch in and one mask out, as export.py writes")
+        (source,), (result,) = inputs, outputs
+        if source.type != "tensor(float)":
+            raise InputError(f"{path}: the ONNX model takes {source.type}, not float32 images (tensor(float)); "
+                             "export it with export.py")
         self.input_name = source.name
         self.input_shape = tuple(side if isinstance(side, int) else None for side in source.shape)
         self.output_shape = tuple(side if isinstance(side, int) else None for side in result.shape)
@@ -113,8 +152,7 @@ def load_model(path):
         return _check_shapes(OnnxModel(path), path)
     import keras
 
-    if not zipfile.is_zipfile(path):
-        raise InputError(f"{path}: not a Keras model (.keras files are zip archives); pass a .keras file")
+    check_keras_archive(path)
     if _carries_code(path):
         raise InputError(
             f"{path}: refused: the model carries arbitrary code (e.g. a Lambda layer), which safe "
@@ -126,6 +164,9 @@ def load_model(path):
         text = str(error)
         raise InputError(f"{path}: cannot load this Keras model ({type(error).__name__}: "
                          f"{text.splitlines()[0] if text else ''})") from None
+    if not all(np.isfinite(weight).all() for weight in model.get_weights()):
+        raise InputError(f"{path}: the model's weights hold NaN or inf values (a run that diverged, or a damaged "
+                         "file), so every mask would be empty; use another model, e.g. the run's best.keras")
     return _check_shapes(model, path)
 
 
@@ -230,7 +271,7 @@ def to_mask(probability, threshold=0.5, postprocess=False):
 
 
 def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="Predicting", full_size=True,
-                  remove_hair=False):
+                  remove_hair=False, skipped=None):
     """Yields `(path, probability)` for image files, each map at the image's own size (or, with
     `full_size=False`, at the model's size, for `probability_to_mask`).
 
@@ -246,24 +287,44 @@ def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="P
         full_size: resize each map to its image's size.
         remove_hair: paint thin dark hairs over before the model sees the image
             (`hair_removal.read_image_without_hair`).
+        skipped: a list to which images that cannot be read are appended as `(path, message)` and
+            skipped; `None` stops at the first.
 
     Raises:
-        InputError: an image cannot be read.
+        InputError: an image cannot be read (without `skipped`), or the model gives non-finite values.
     """
     size = model_image_size(model)
     read = hair_removal.read_image_without_hair if remove_hair else read_image
+
+    def read_or_skip(path):
+        try:
+            return read(path, size)
+        except InputError as error:
+            if skipped is None:
+                raise
+            skipped.append((path, str(error)))
+            return None
+
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            images = np.stack([read(path, size) for path in chunk]).astype(np.float32) / 255.0
+            read_chunk = [(path, read_or_skip(path)) for path in paths[start : start + batch_size]]
+            chunk = [path for path, image in read_chunk if image is not None]
+            bar.update(len(read_chunk) - len(chunk))
+            if not chunk:
+                continue
+            images = np.stack([image for _, image in read_chunk if image is not None]).astype(np.float32) / 255.0
             probabilities = predict_batch(model, images, tta)
+            if not np.isfinite(probabilities).all():  # thresholded, NaN would make silently empty masks
+                raise InputError(f"{getattr(model, 'name', 'the model')}: gives non-finite values (NaN or inf) "
+                                 f"for {chunk[0]}{' and others' if len(chunk) > 1 else ''}: its weights are "
+                                 "damaged or it diverged in training; use another model (e.g. the run's best.keras)")
             for path, probability in zip(chunk, probabilities):
                 yield path, resize_probability(probability, image_size_of(path)) if full_size else probability
             bar.update(len(chunk))
 
 
 def segment_files(model, paths, threshold=0.5, tta=False, postprocess=False, batch_size=16, progress=True,
-                  remove_hair=False):
+                  remove_hair=False, skipped=None):
     """Yields `(path, probability, mask)` for image files: what `predict.py` writes, and what the web
     app (`webapp.py`) shows and serves, from this one function.
 
@@ -276,16 +337,17 @@ def segment_files(model, paths, threshold=0.5, tta=False, postprocess=False, bat
         batch_size: images per model call.
         progress: show a progress bar.
         remove_hair: paint thin dark hairs over first (`predict_files`).
+        skipped: a list that collects the images that cannot be read, as `predict_files`'s.
 
     Yields:
         The path; the `float32` probability map at the model's size; the boolean mask at the image's
         own size (`probability_to_mask`).
 
     Raises:
-        InputError: an image cannot be read.
+        InputError: an image cannot be read (without `skipped`).
     """
     for path, probability in predict_files(model, paths, batch_size, tta, progress, full_size=False,
-                                           remove_hair=remove_hair):
+                                           remove_hair=remove_hair, skipped=skipped):
         yield path, probability, probability_to_mask(probability, image_size_of(path), threshold, postprocess)
 
 

@@ -2,11 +2,13 @@
 
 Pairing follows the ISIC rule: image `<id>.<ext>` goes with mask `<id>_segmentation.png`, matched by
 id, never by position. Images are read as 8-bit RGB; masks are resized with nearest neighbour and
-binarised at 128, so they stay strictly {0, 1}. `dataGenerator.py` builds the training batches on
+binarised at 128, so they stay strictly {0, 1}; a mask whose pixels are all 0 or 1 (a common way to
+save masks) is read as lesion = 1. `dataGenerator.py` builds the training batches on
 top of this; `predict.py` and `evaluate.py` with an ONNX model need nothing more, so they run where
 Keras and TensorFlow are not installed.
 """
 
+import collections
 import dataclasses
 import io
 import logging
@@ -19,7 +21,7 @@ from PIL import Image, PngImagePlugin
 
 import runfolder
 from errors import InputError
-from settings import DEFAULT_SPLIT, MASK_SUFFIX, OUTPUT_PNG_SOFTWARE, image_id_of, is_usable_file
+from settings import DEFAULT_SPLIT, FOLD_ORDERS, MASK_SUFFIX, OUTPUT_PNG_SOFTWARE, image_id_of, is_usable_file
 
 log = logging.getLogger("lesion_unet.data")  # notes for the user; errors.run_cli shows them
 
@@ -174,12 +176,18 @@ def split_pairs(pairs, fractions=DEFAULT_SPLIT, seed=0):
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
-def kfold_split(pairs, folds, fold, val_fraction=DEFAULT_SPLIT[1], seed=0):
+def kfold_split(pairs, folds, fold, val_fraction=DEFAULT_SPLIT[1], seed=0, by="random"):
     """Splits pairs into train / val / test ids for fold `fold` of a seeded `folds`-fold partition.
 
-    The ids are permuted with `seed` and cut into `folds` near-equal parts; part `fold` is the test
-    split, so the test splits of folds `0 .. folds-1` cover every pair exactly once. From the rest, the
-    first `val_fraction` of all pairs (in permuted order) is the validation split, the others train.
+    With `by="random"` the ids are permuted with `seed` and cut into `folds` near-equal parts; with
+    `by="order"` the sorted ids are cut into `folds` runs of consecutive ids, so that a test fold is a
+    block of the archive: where ids follow the order in which images arrived, and one source's images
+    came together (in ISIC 2017 the blocks differ in colour, dark corners and lesion size:
+    `benchmarks/archive_order.py`), such a fold holds images whose neighbours the training folds do not
+    have, a stand-in for another source. Either way part `fold` is the test
+    split, so the test splits of folds `0 .. folds-1` cover every pair exactly once. From the rest,
+    permuted with `seed`, the first `val_fraction` of all pairs is the validation split, the others
+    train, so validation is drawn like the training images (in-distribution) in both cases.
 
     Args:
         pairs: list of `Pair`.
@@ -187,21 +195,29 @@ def kfold_split(pairs, folds, fold, val_fraction=DEFAULT_SPLIT[1], seed=0):
         fold: which fold is the test split, `0 <= fold < folds`.
         val_fraction: size of the validation split, as a share of all pairs.
         seed: the partition's seed.
+        by: `"random"` (seeded parts) or `"order"` (consecutive ids).
 
     Returns:
         A dict `{"train": [...], "val": [...], "test": [...]}` of sorted ids.
 
     Raises:
-        ValueError: `folds` < 2, `fold` out of range, or too few pairs for every split to get one.
+        ValueError: `folds` < 2, `fold` out of range, `by` unknown, or too few pairs for every split to
+            get one.
     """
     if folds < 2 or not 0 <= fold < folds:
         raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got fold {fold} of {folds}")
+    if by not in FOLD_ORDERS:
+        raise ValueError(f"folds by {by!r}: use one of {', '.join(FOLD_ORDERS)}")
     ids = sorted(pair.id for pair in pairs)
     if len(ids) < folds + 2:
         raise ValueError(f"{len(ids)} pairs are too few for {folds} folds; use at least {folds + 2}")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    parts = np.array_split(order, folds)
-    rest = np.concatenate([part for index, part in enumerate(parts) if index != fold])
+    rng = np.random.default_rng(seed)
+    if by == "random":
+        parts = np.array_split(rng.permutation(len(ids)), folds)
+        rest = np.concatenate([part for index, part in enumerate(parts) if index != fold])
+    else:
+        parts = np.array_split(np.arange(len(ids)), folds)
+        rest = rng.permutation(np.concatenate([part for index, part in enumerate(parts) if index != fold]))
     n_val = min(max(1, round(len(ids) * val_fraction)), len(rest) - 1)
     return {"train": sorted(ids[i] for i in rest[n_val:]), "val": sorted(ids[i] for i in rest[:n_val]),
             "test": sorted(ids[i] for i in parts[fold])}
@@ -238,16 +254,61 @@ def _open(path, kind):
         raise InputError(f"{path}: cannot read this {kind} ({error}); replace or remove the file") from None
 
 
+# EXIF orientations and the turn that shows each as a person sees the photo (Pillow's exif_transpose).
+# The rule: images and masks are read as displayed, since a person draws a mask on the displayed photo,
+# and a mask is written at its image's displayed size.
+_EXIF_ORIENTATION_TAG = 0x0112
+_DISPLAY_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                  7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(image):
+    """The file's EXIF orientation (1 to 8; 1, as stored, when it has none or a damaged one)."""
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # Pillow raises several types for damaged EXIF blocks; the pixels are still good
+        return 1
+    return value if value in _DISPLAY_TURNS else 1
+
+
+def _stored_size(size, orientation):
+    """Pillow's `(width, height)` in the file for a displayed `(height, width)`."""
+    height, width = size
+    return (height, width) if orientation >= 5 else (width, height)
+
+
+def _as_displayed(image, orientation):
+    return image if orientation == 1 else image.transpose(_DISPLAY_TURNS[orientation])
+
+
 # Pillow modes of more than 8 bits per pixel, which `_to_rgb` scales down to 8 bits.
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+# Rows of a high bit-depth image scaled to 8 bits at a time: a float64 copy of a whole 12000x12000
+# 16-bit image would take 1.1 GB, a strip of these rows a few MB.
+HIGH_BIT_STRIP_PIXELS = 1 << 20
+
+
+def _high_bit_to_grey(image):
+    """Scales a high bit-depth grey image (`HIGH_BIT_MODES`) to 8 bits, strip by strip: values up to
+    255 are kept as they are, wider ones are divided by 65535 / 255, then clipped and truncated."""
+    width, height = image.size
+    largest = image.getextrema()[1]
+    scale = 65535.0 if largest > 255 else 255.0
+    grey = np.empty((height, width), np.uint8)
+    rows = max(1, HIGH_BIT_STRIP_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        strip = np.asarray(image.crop((0, top, width, min(height, top + rows))), dtype=np.float64)
+        grey[top:top + rows] = np.clip(strip / scale * 255.0, 0, 255).astype(np.uint8)
+    return Image.fromarray(grey)
 
 
 def _to_rgb(image):
     """Converts any PIL mode (L, LA, P, RGBA, I;16, I, F, CMYK) to 8-bit RGB."""
     if image.mode in HIGH_BIT_MODES:
-        array = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / scale * 255.0, 0, 255).astype(np.uint8))
+        image = _high_bit_to_grey(image)
     if image.mode in ("RGBA", "LA", "P", "PA"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
@@ -274,9 +335,10 @@ def read_image(path, size=None):
     """
     image = _open(path, "image")
     try:
+        orientation = _orientation(image)
         if size is not None and image.format == "JPEG":
-            image.draft("RGB", (size[1], size[0]))
-        image = _to_rgb(image)
+            image.draft("RGB", _stored_size(size, orientation))
+        image = _as_displayed(_to_rgb(image), orientation)
         if size is not None and image.size != (size[1], size[0]):
             image = image.resize((size[1], size[0]), Image.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
@@ -284,35 +346,68 @@ def read_image(path, size=None):
         raise InputError(f"{path}: cannot decode this image ({error}); replace or remove the file") from None
 
 
-def read_mask(path, size=None, return_was_binary=False):
-    """Reads a mask as {0, 1}, binarised at 128, optionally resized with nearest neighbour.
+# What `read_mask` found in a mask file: 0 and 255 only (ISIC's format), 0 and 1 only (lesion = 1),
+# or other grey levels (binarised at 128).
+MASK_0_255, MASK_0_1, MASK_GREY = "0/255", "0/1", "grey"
+
+
+def read_mask(path, size=None, return_format=False):
+    """Reads a mask as {0, 1}, optionally resized with nearest neighbour.
+
+    The rule: a mask whose pixels are all 0 or 1 (with some 1) marks the lesion with 1; any other mask
+    is binarised at 128, so 0/255 masks (ISIC's format) and soft masks mark it with values of 128 and
+    more. An empty mask is empty either way.
 
     Args:
         path: mask file (any mode; colour masks are converted to grey first).
         size: `(height, width)` or `None`.
-        return_was_binary: also return whether the file held only 0 and 255.
+        return_format: also return what the file held: `MASK_0_255`, `MASK_0_1` or `MASK_GREY`
+            (judged on the pixels kept, all of them when not resized).
 
     Returns:
-        A `uint8` array of shape `(height, width)` holding only 0 and 1 (and, with
-        `return_was_binary`, whether the pixels kept, all of them when not resized, held only 0
-        and 255).
+        A `uint8` array of shape `(height, width)` holding only 0 and 1 (and, with `return_format`,
+        the format found).
 
     Raises:
         InputError: the file is missing, truncated or not an image.
     """
     image = _open(path, "mask")
     try:
-        if size is not None and image.size != (size[1], size[0]):
+        orientation = _orientation(image)
+        if size is not None and image.size != _stored_size(size, orientation):
             # Nearest neighbour only picks pixels, so resizing before thresholding gives the same
             # mask, and a 4000x3000 mask is never converted or thresholded at full size.
-            image = image.resize((size[1], size[0]), Image.NEAREST)
+            image = image.resize(_stored_size(size, orientation), Image.NEAREST)
+        image = _as_displayed(image, orientation)
         grey = np.asarray(image if image.mode == "L" else _to_rgb(image).convert("L"))
-        mask = (grey >= 128).astype(np.uint8)
+        largest = int(grey.max()) if grey.size else 0
+        if largest == 1:
+            mask, found = grey.astype(np.uint8), MASK_0_1
+        else:
+            mask = (grey >= 128).astype(np.uint8)
+            found = MASK_0_255 if bool(np.all((grey == 0) | (grey == 255))) else MASK_GREY
     except _DECODE_ERRORS as error:
         raise InputError(f"{path}: cannot decode this mask ({error}); replace or remove the file") from None
-    if return_was_binary:
-        return mask, bool(np.all((grey == 0) | (grey == 255)))
+    if return_format:
+        return mask, found
     return mask
+
+
+def mask_format_notes(formats, what="mask"):
+    """Returns the notes a command prints once about the mask formats it read (see `read_mask`).
+
+    Args:
+        formats: the formats `read_mask` returned, one per file.
+        what: what the masks are, e.g. "predicted mask".
+    """
+    counts = collections.Counter(formats)
+    notes = []
+    if counts[MASK_0_1]:
+        notes.append(f"note: {counts[MASK_0_1]} {what}(s) held only the values 0 and 1; read as lesion = 1")
+    if counts[MASK_GREY]:
+        notes.append(f"note: {counts[MASK_GREY]} {what}(s) held values other than 0 and 255 (or 0 and 1); "
+                     "binarised at 128")
+    return notes
 
 
 def encode_png(pixels):
@@ -341,9 +436,11 @@ def is_own_output_png(path):
 
 
 def image_size_of(path):
-    """Returns `(height, width)` of an image file from its header, without decoding it."""
-    width, height = _open(path, "image").size
-    return height, width
+    """Returns `(height, width)` of an image file as displayed (EXIF orientation applied), from its
+    header, without decoding it."""
+    image = _open(path, "image")
+    width, height = image.size
+    return (width, height) if _orientation(image) >= 5 else (height, width)
 
 
 def load_split(path):

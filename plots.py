@@ -18,7 +18,8 @@ TRUTH_COLOUR = (0.1, 0.9, 0.2)
 PREDICTION_COLOUR = (1.0, 0.2, 0.9)
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """Writes a figure to a PNG atomically (a temporary file, then a rename)."""
     with atomic_write(path) as tmp_path:
         fig.savefig(tmp_path, dpi=110, bbox_inches="tight")
 
@@ -49,7 +50,7 @@ def save_batch_figure(images, masks, path, titles=None, columns=4):
             if titles is not None:
                 axis.set_title(titles[index], fontsize=8)
     fig.suptitle("Training batch (augmented), lesion outlines in green", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def read_history(path):
@@ -83,7 +84,7 @@ def save_curves(history, path, title="Training curves"):
         right.axvline(epochs[best], color="grey", linestyle=":", label="best")
         right.set_title(f"best validation Dice {history['val_dice'][best]:.4f} (epoch {epochs[best]})", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_cases_figure(cases, path, title="Test cases"):
@@ -108,7 +109,7 @@ def save_cases_figure(cases, path, title="Test cases"):
         for axis in row:
             axis.axis("off")
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_before_after_figure(cases, path, title, before="as it is", after="after"):
@@ -133,7 +134,7 @@ def save_before_after_figure(cases, path, title, before="as it is", after="after
             axis.set_title(f"{case['label']}: {case['id']}\n{name}: Dice {side['dice']:.3f}", fontsize=8)
             axis.axis("off")
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def draw_outline(image, mask):
@@ -237,4 +238,4 @@ def save_architecture_figure(model, path):
     input_shape = "x".join(str(side) for side in model.input_shape[1:])
     axis.text(0.0, 0.6, f"{model.name}: {model.count_params():,} parameters, input {input_shape}",
               fontsize=10, va="center")
-    _save(fig, path)
+    save_figure(fig, path)

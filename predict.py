@@ -134,7 +134,8 @@ def build_parser():
     parser.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT",
                         help="an optional .keras or .onnx model or run folder (default: the pre-trained "
                              "model), then image files or folders")
-    parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default=os.path.join("runs", "predictions"),
+                        help="output folder (default: %(default)s)")
     parser.add_argument("--overlay", action="store_true", help="also write <id>_overlay.png, the outline on the image")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files in --out that predict.py did not write, e.g. ground-truth masks "
@@ -160,15 +161,27 @@ def main(argv=None):
     paths = collect_images(inputs)
     check_outputs(paths, args.out, args.overlay, args.overwrite)
     model = inference.load_model(model_path)
+    created = not os.path.isdir(args.out)
     make_output_dir(args.out)
+    skipped = []  # unreadable images: the others are still segmented, and the exit status says so
     results = inference.segment_files(model, paths, args.threshold, args.tta, args.postprocess, args.batch_size,
-                                      progress=not args.no_progress, remove_hair=args.remove_hair)
+                                      progress=not args.no_progress, remove_hair=args.remove_hair, skipped=skipped)
+    written = 0
     for path, _, mask in results:
         sample_id = sample_id_of(path)
         write_mask(mask, os.path.join(args.out, f"{sample_id}_segmentation.png"))
         if args.overlay:
             plots.save_overlay(lesion_files.read_image(path), mask, os.path.join(args.out, f"{sample_id}_overlay.png"))
-    print(f"wrote {len(paths)} mask(s) to {os.path.normpath(args.out)} with {model_path}")
+        written += 1
+    print(f"wrote {written} mask(s) to {os.path.normpath(args.out)} with {model_path}")
+    if skipped:
+        if created and not written:  # nothing could be read: leave no empty folder behind
+            os.rmdir(args.out)
+        for _, message in skipped:
+            print(f"skipped: {message}", file=sys.stderr)
+        print(f"error: {len(skipped)} of {len(paths)} image(s) could not be read and have no mask (listed above); "
+              "replace or remove them and run again", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 
 # Start-up lines of TensorFlow 2.16-2.21 that say nothing a user of this project can act on.
 NOISE = re.compile(
@@ -23,6 +24,9 @@ NOISE = re.compile(
     r"|oneDNN custom operations are on|TF_ENABLE_ONEDNN_OPTS"
     r"|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc|TF-TRT Warning"
     r"|Skipping registering GPU devices|Cannot dlopen some GPU libraries"
+    # An E-level line of oneDNN's graph pass in TensorFlow 2.19-2.21 at the first training step, printed
+    # on CPUs with AVX-512 too; TensorFlow simply keeps those int32 ops off oneDNN.
+    r"|oneDNN supports DT_INT32 only on platforms with AVX-512"
 )
 
 
@@ -50,6 +54,37 @@ def filtered_stderr(noise=NOISE):
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def live_filtered_stderr(noise=NOISE):
+    """Like `filtered_stderr`, but passes each kept line on as soon as it is complete: for a long
+    block (a training run) whose warnings and notes the user should see when they happen.
+
+    File descriptor 2 becomes a pipe that a thread reads; the thread writes the kept lines to the
+    original stderr and ends when the block does.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not noise.search(line.decode("utf-8", "replace")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the thread reads to its end and stops
+        thread.join(timeout=10)
+        os.close(saved)
 
 
 def import_keras():

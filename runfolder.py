@@ -1,6 +1,8 @@
 """The run folder that `train.py` writes: its file names, safe writes, the lock and replacement.
 
-A run folder is recognised by its `config.json` or `state.json`; `--overwrite` replaces nothing else.
+A run folder is recognised by what only `train.py` writes: a `config.json` with the settings every
+run records, or a `state.json` with its progress. `--overwrite` replaces nothing else, and not even a
+run folder that also holds files a run never writes (`foreign_entries`).
 Every file is written through `atomic_write` (a temporary name, then a rename), so a killed or failed
 write leaves the previous complete file, and `remove_stale_temp_files` knows every temporary name.
 `RunLock` keeps two `train.py` processes out of one folder; the operating system drops the lock
@@ -26,7 +28,13 @@ BEST = "best.keras"
 LAST = "last.keras"
 CURVES = "curves.png"
 CASES = "cases.png"
-MARKERS = (CONFIG, STATE)  # either one makes a folder a run folder
+MARKERS = (CONFIG, STATE)  # either one, in train.py's schema, makes a folder a run folder
+# Settings that every config.json of train.py has held since the first release.
+CONFIG_KEYS = ("model", "image_size", "epochs", "seed", "images", "masks")
+# What train.py, evaluate.py and export.py write into a run folder: anything else is the user's.
+RUN_ENTRIES = frozenset({CONFIG, SPLIT, STATE, HISTORY, BEST, LAST, CURVES, CASES, "metrics.json",
+                         "per_image.csv", "synthetic_data", "evaluation", "evaluation_data", "best.onnx",
+                         "best.onnx.json", "last.onnx", "last.onnx.json"})
 
 _TEMP_NAME = re.compile(r"\.tmp\d+")
 
@@ -51,6 +59,7 @@ def atomic_write(path):
         InputError: the disk is full or the file too large (`ENOSPC`, `EFBIG`, `EDQUOT`), naming `path`.
     """
     tmp_path = temporary_path(path)
+    existed = os.path.exists(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -58,8 +67,9 @@ def atomic_write(path):
         with contextlib.suppress(OSError):
             os.remove(tmp_path)
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            kept = "the previous complete file is intact" if existed else "nothing was written to it"
             raise InputError(f"{path}: no space left writing this file ({error.strerror}); free some disk "
-                             "space (the previous complete file is intact)") from None
+                             f"space ({kept})") from None
         raise
 
 
@@ -129,9 +139,33 @@ def remove_stale_temp_files(folder):
             os.remove(path)
 
 
+def _read_dict(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def is_run_folder(path):
-    """Whether `path` is a folder that `train.py` made (it holds `config.json` or `state.json`)."""
-    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, name)) for name in MARKERS)
+    """Whether `path` is a folder that `train.py` made: its `config.json` holds the settings every run
+    records (`CONFIG_KEYS`), or its `state.json` a run's progress (an integer `epochs_done`).
+
+    Another program's `config.json` (say `{"name": "my-web-app"}`) does not make a run folder.
+    """
+    if not os.path.isdir(path):
+        return False
+    config = _read_dict(os.path.join(path, CONFIG))
+    if config is not None and all(key in config for key in CONFIG_KEYS):
+        return True
+    state = _read_dict(os.path.join(path, STATE))
+    return state is not None and type(state.get("epochs_done")) is int
+
+
+def foreign_entries(path):
+    """Returns the sorted names in folder `path` that no run writes (`RUN_ENTRIES`, temporary files)."""
+    return sorted(name for name in os.listdir(path) if name not in RUN_ENTRIES and not _TEMP_NAME.search(name))
 
 
 class RunLock:
@@ -149,7 +183,8 @@ class RunLock:
     """
 
     def __init__(self, run_dir):
-        run_dir = os.path.abspath(run_dir)
+        # The resolved folder, so that two names of one folder (a symbolic link) share one lock.
+        run_dir = os.path.realpath(run_dir)
         self.run_dir = run_dir
         self.path = os.path.join(os.path.dirname(run_dir), f".{os.path.basename(run_dir)}.lock")
         self._handle = None

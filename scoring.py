@@ -7,6 +7,7 @@ The library behind `evaluate.py` and the test report of `training.py`: a model's
 
 import csv
 import json
+import logging
 import os
 
 import inference
@@ -16,6 +17,8 @@ import plots
 import runfolder
 import settings
 from errors import InputError
+
+log = logging.getLogger("lesion_unet.scoring")  # notes for the user; errors.run_cli shows them
 
 
 def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, threshold=0.5, progress=True,
@@ -86,7 +89,14 @@ def score_mask_folder(predictions_dir, pairs):
     if missing:
         raise InputError(f"{predictions_dir}: no predicted mask for {len(missing)} of {len(pairs)} image(s) "
                          f"(expected <id>{settings.MASK_SUFFIX}): {lesion_files.listed(missing)}")
-    return [score_prediction(pair, lesion_files.read_mask(path).astype(bool), path) for pair, path in zip(pairs, paths)]
+    rows, formats = [], []
+    for pair, path in zip(pairs, paths):
+        prediction, found = lesion_files.read_mask(path, return_format=True)
+        rows.append(score_prediction(pair, prediction.astype(bool), path))
+        formats.append(found)
+    for note in lesion_files.mask_format_notes(formats, "predicted mask"):
+        log.info("%s", note)
+    return rows
 
 
 BEST_MEDIAN_WORST = (("best", 1.0), ("median", 0.5), ("worst", 0.0))
@@ -220,8 +230,9 @@ def resolve_target(target, data, images, masks, skip_unpaired, split_name="test"
     if os.path.isdir(target):
         if has_data:
             folders = lesion_files.resolve_folders(data, images, masks)
+            # Not RUN/evaluation: that is the report on the run's test split, which train.py wrote.
             return model_path, lesion_files.find_pairs(*folders, skip_unpaired), \
-                f"every pair in {folders[0]}", os.path.join(target, "evaluation")
+                f"every pair in {folders[0]}", os.path.join(target, "evaluation_data")
         config = runfolder.read_config(target)
         folders = lesion_files.resolve_folders(None, config["images"], config["masks"])
         pairs = lesion_files.find_pairs(*folders, skip_unpaired=True)
@@ -233,7 +244,36 @@ def resolve_target(target, data, images, masks, skip_unpaired, split_name="test"
         raise InputError(f"{target}: a model file alone names no images; add --data DIR "
                          "(or --images DIR --masks DIR), or pass a run folder")
     folders = lesion_files.resolve_folders(data, images, masks)
-    return target, lesion_files.find_pairs(*folders, skip_unpaired), f"every pair in {folders[0]}", "evaluation"
+    return target, lesion_files.find_pairs(*folders, skip_unpaired), f"every pair in {folders[0]}", \
+        os.path.join("runs", "evaluation")
+
+
+def seen_in_training(model_path, pairs):
+    """Counts the scored pairs that the model trained or was selected on, from the `split.json` beside
+    the model file (a run folder's, or `pretrained/split.json` for the shipped model).
+
+    Returns:
+        `None` when there is no readable `split.json` there, else a dict: `split_file`, `train` and
+        `val` (how many of `pairs` are in each).
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), runfolder.SPLIT)
+    if not os.path.isfile(path):
+        return None
+    try:
+        split = lesion_files.load_split(path)
+    except InputError:
+        return None
+    ids = {pair.id for pair in pairs}
+    return {"split_file": path, "train": len(ids & set(split["train"])), "val": len(ids & set(split["val"]))}
+
+
+def seen_in_training_note(seen, total):
+    """The warning `evaluate.py` prints when scored images were in the model's training or validation split."""
+    if not seen or not (seen["train"] or seen["val"]):
+        return None
+    return (f"warning: {seen['train']} of the {total} scored images were in this model's training split and "
+            f"{seen['val']} in its validation split ({seen['split_file']}); their scores are not held-out scores "
+            "(score a run folder for its test split)")
 
 
 def evaluate_run(run_dir, split="test", tta=None, postprocess=None, threshold=settings.DEFAULT_THRESHOLD,

@@ -14,6 +14,8 @@ MASK_SUFFIX = "_segmentation.png"
 # Data and training.
 DEFAULT_IMAGE_SIZE = (128, 128)
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+# How `train.py --folds` cuts the pairs: seeded random parts, or runs of consecutive ids (`--fold-by`).
+FOLD_ORDERS = ("random", "order")
 DEFAULT_ZOOM = (0.8, 1.4)  # zooms in more than out: large lesions, the failures on other sources, get common
 COLOR_AUGMENTATIONS = ("light", "strong")
 LOSSES = ("dice_bce", "dice", "bce")

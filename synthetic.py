@@ -99,6 +99,27 @@ def make_sample(seed, shape=DEFAULT_SHAPE):
     return image, mask.astype(np.uint8) * 255
 
 
+def _check_same_recipe(masks_dir, num_samples, shape, seed):
+    """Raises InputError when `masks_dir` already holds a synthetic mask that this `shape` and `seed`
+    would not draw: skipping it would leave another data set in place while saying it was written."""
+    for index in range(num_samples):
+        path = os.path.join(masks_dir, f"{SAMPLE_PREFIX}{index:04d}{MASK_SUFFIX}")
+        if not os.path.isfile(path):
+            continue
+        expected = make_sample(seed * 1_000_003 + index, shape)[1]
+        try:
+            with Image.open(path) as mask:
+                found = np.asarray(mask)
+        except OSError:
+            found = None  # a damaged file: not this recipe's
+        if found is None or found.shape != expected.shape or not np.array_equal(found, expected):
+            size = f"{found.shape[1]}x{found.shape[0]}" if found is not None and found.ndim >= 2 else "unreadable"
+            raise InputError(f"{masks_dir}: holds synthetic pairs drawn with another --shape or --seed "
+                             f"({os.path.basename(path)} is {size}, not the {shape[1]}x{shape[0]} mask of seed "
+                             f"{seed}); choose another --out, or delete its images/ and masks/ first")
+        return  # one sample decides: the rest were written by the same call, or by this recipe
+
+
 def write_dataset(out_dir, num_samples=200, shape=DEFAULT_SHAPE, seed=0, progress=False):
     """Writes a synthetic data set in the ISIC layout, skipping samples already on disk.
 
@@ -124,6 +145,7 @@ def write_dataset(out_dir, num_samples=200, shape=DEFAULT_SHAPE, seed=0, progres
         if others:
             raise InputError(f"{folder}: holds {len(others)} image(s) that are not synthetic (e.g. {others[0]}); "
                              "synthetic pairs would join that data set: choose another --out")
+    _check_same_recipe(masks_dir, num_samples, shape, seed)
     os.makedirs(images_dir, exist_ok=True)
     os.makedirs(masks_dir, exist_ok=True)
     for index in tqdm(range(num_samples), desc="synthetic pairs", unit="pair", disable=not progress):
@@ -139,12 +161,12 @@ def write_dataset(out_dir, num_samples=200, shape=DEFAULT_SHAPE, seed=0, progres
     return out_dir
 
 
-def main(argv=None):
+def build_parser():
     parser = cliargs.ArgumentParser(
         description="Write a synthetic lesion data set (images/ and masks/, ISIC layout)."
     )
     parser.add_argument("--out", default="data/synthetic", help="output folder (default: %(default)s)")
-    parser.add_argument("--num", type=cliargs.int_range(1), default=200, help="number of pairs (default: %(default)s)")
+    parser.add_argument("--num", type=cliargs.int_range(1, 100_000), default=200, help="number of pairs (default: %(default)s)")
     parser.add_argument(
         "--shape", type=cliargs.int_range(16, 8192), nargs=2, default=list(DEFAULT_SHAPE), metavar=("H", "W"),
         help="image height and width in pixels, 16 to 8192 (default: %(default)s)",
@@ -152,9 +174,16 @@ def main(argv=None):
     parser.add_argument("--seed", type=cliargs.int_range(0, 2**32 - 1), default=0,
                         help="random seed (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    kept = sum(os.path.isfile(os.path.join(args.out, "masks", f"{SAMPLE_PREFIX}{index:04d}{MASK_SUFFIX}"))
+               for index in range(args.num))
     write_dataset(args.out, args.num, tuple(args.shape), args.seed, progress=not args.no_progress)
-    print(f"wrote {args.num} synthetic pairs to {args.out}/images and {args.out}/masks")
+    print(f"wrote {args.num - kept} synthetic pairs to {args.out}/images and {args.out}/masks"
+          + (f" ({kept} of the {args.num} were there already, from the same --shape and --seed)" if kept else ""))
 
 
 if __name__ == "__main__":

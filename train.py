@@ -14,6 +14,7 @@ This file turns the command line into settings; `training.py` does the work
 """
 
 import argparse
+import contextlib
 import datetime
 import os
 import sys
@@ -41,19 +42,19 @@ def build_parser():
                              "(default: %(default)s)")
     parser.add_argument("--image-size", type=int_range(16, 4096), nargs=2, default=list(settings.DEFAULT_IMAGE_SIZE),
                         metavar=("H", "W"), help="training height and width (default: %(default)s)")
-    parser.add_argument("--epochs", type=int_range(1), default=None,
+    parser.add_argument("--epochs", type=int_range(1, 10_000), default=None,
                         help=f"epochs (default: {settings.REAL_DATA_EPOCHS} on real data, "
                              f"{settings.DEMO_EPOCHS} for the demo)")
-    parser.add_argument("--time-budget", type=float_range(0), default=None, metavar="MINUTES",
+    parser.add_argument("--time-budget", type=float_range(0, 10_080), default=None, metavar="MINUTES",
                         help="wall-clock limit from start to test report: after the warm-up, the run "
                              "trains only the epochs that fit (the learning-rate schedule follows and "
                              "config.json records them); 0: no limit, always --epochs (default: "
                              f"{settings.REAL_DATA_TIME_BUDGET_MINUTES} on real data, none for the demo)")
-    parser.add_argument("--batch-size", type=int_range(1), default=16, help="images per step (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int_range(1, 4096), default=16, help="images per step (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float_range(0, 10, low_open=True), default=1e-3,
                         help="peak Adam learning rate, reached after the warm-up and then cosine-decayed "
                              "to 0 (default: %(default)s)")
-    parser.add_argument("--warmup-epochs", type=float_range(0), default=1.0,
+    parser.add_argument("--warmup-epochs", type=float_range(0, 10_000), default=1.0,
                         help="epochs of linear learning-rate warm-up (default: %(default)s)")
     parser.add_argument("--loss", choices=settings.LOSSES, default="dice_bce",
                         help="per-image soft Dice + binary cross-entropy, or either alone (default: %(default)s)")
@@ -96,13 +97,18 @@ def build_parser():
     parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0,
                         help="seed of the split, weights, order and augmentation (default: %(default)s)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<model>_<date>-<time>)")
-    parser.add_argument("--limit", type=int_range(3), default=None,
+    parser.add_argument("--limit", type=int_range(3, 10_000_000), default=None,
                         help="use only the first N pairs, by id (default: all)")
     parser.add_argument("--folds", type=int_range(2, 100), default=None,
                         help="cross-validation: cut the pairs into K seeded folds, test on fold --fold, "
                              "validate on 10%% of the rest (default: no folds, a seeded 80/10/10 split)")
     parser.add_argument("--fold", type=int_range(0, 99), default=0,
                         help="with --folds: the test fold, 0 to K-1 (default: %(default)s)")
+    parser.add_argument("--fold-by", choices=settings.FOLD_ORDERS, default="random",
+                        help="with --folds: 'random' cuts seeded random folds; 'order' cuts runs of consecutive "
+                             "ids, so each test fold is a block of the archive (on ISIC data, images collected "
+                             "together) that the training folds saw little of, a stand-in for another source; "
+                             "validation stays a random 10%% of the rest (default: %(default)s)")
     parser.add_argument("--workers", type=int_range(1, 64), default=2,
                         help="threads preparing batches (default: %(default)s)")
     parser.add_argument("--cache-dir", default=settings.default_cache_dir(),
@@ -128,8 +134,10 @@ def build_parser():
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch, with its saved settings")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder --out")
-    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                        help="Keras output: 0 silent, 1 progress bar, 2 one line per epoch (default: %(default)s)")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
+                        help="Keras output: 0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a "
+                             "terminal, 2 when the output goes to a file or a pipe, so a log holds no progress-bar "
+                             "escape codes)")
     return parser
 
 
@@ -144,11 +152,18 @@ def main(argv=None):
         parser.error("--resume needs --out, the run folder to continue")
     if args.loss == "bce" and "fn_weight" in explicit:
         parser.error("--fn-weight weights the Dice term, and --loss bce has none: use --loss dice_bce or dice")
+    if args.folds is None and {"fold", "fold_by"} & explicit:
+        parser.error("--fold and --fold-by choose a test fold of --folds K, and no --folds was given: "
+                     "add --folds 5, or drop them for the seeded 80/10/10 split")
     if args.out is None:
         args.out = os.path.join("runs", f"{args.model}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if args.verbose is None:
+        args.verbose = 1 if sys.stdout.isatty() else 2
 
     import quiet  # Keras loads only now that the arguments are known to be good
 
+    # TensorFlow's noise comes at the first training step too; a user who set its log level sees it all.
+    filter_output = contextlib.nullcontext if "TF_CPP_MIN_LOG_LEVEL" in os.environ else quiet.live_filtered_stderr
     keras = quiet.import_keras()
     import distribution
     import training
@@ -163,7 +178,7 @@ def main(argv=None):
     runtime = dict(use_cache=not args.no_cache, cache_dir=args.cache_dir, distribute=spread,
                    verbose=args.verbose, started=started)
     # Taken before the folder is looked at, so two runs cannot both find it free.
-    with runfolder.RunLock(args.out):
+    with runfolder.RunLock(args.out), filter_output():
         if args.resume:
             ignored = sorted(explicit - RESUME_FLAGS)
             if ignored:

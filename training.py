@@ -12,12 +12,15 @@ resuming), and after the last epoch the test split's `metrics.json`, `per_image.
 (file names in `runfolder.py`). Nothing is written before every check on the input has passed.
 """
 
+import argparse
 import datetime
+import json
 import math
 import os
 import shutil
 import sys
 import time
+import zipfile
 
 import keras
 
@@ -129,6 +132,7 @@ def resolve_config(args):
         "split_fractions": list(settings.DEFAULT_SPLIT),
         "folds": args.folds,
         "fold": args.fold if args.folds else None,
+        "fold_by": args.fold_by if args.folds else None,
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -161,13 +165,18 @@ def check_new_run_dir(run_dir, overwrite=False):
     """
     if not os.path.exists(run_dir) or (os.path.isdir(run_dir) and not os.listdir(run_dir)):
         return False
+    if not runfolder.is_run_folder(run_dir):
+        kind = "folder" if os.path.isdir(run_dir) else "file"
+        raise InputError(f"{run_dir}: this {kind} exists and is not a run folder of train.py (no config.json "
+                         "or state.json of a run); choose a new or empty --out")
     if not overwrite:
         raise InputError(f"{run_dir}: run folder exists; pass --resume to continue it, "
                          "--overwrite to replace it, or another --out")
-    if not runfolder.is_run_folder(run_dir):
-        kind = "folder" if os.path.isdir(run_dir) else "file"
-        raise InputError(f"{run_dir}: this {kind} is not a run folder of train.py (no config.json or "
-                         "state.json), and --overwrite replaces only run folders; choose another --out")
+    foreign = runfolder.foreign_entries(run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InputError(f"{run_dir}: holds files that no run writes ({shown}), so --overwrite will not "
+                         "replace it; move them out, or choose another --out")
     return True
 
 
@@ -189,16 +198,98 @@ def check_resumable(run_dir, epochs=None):
         raise InputError(f"{run_dir}: nothing to resume (needs config.json, state.json and "
                          "last.keras from a run that finished at least one epoch)")
     config = runfolder.read_config(run_dir)
+    check_settings(config, os.path.join(run_dir, runfolder.CONFIG))
     state = runfolder.read_json(os.path.join(run_dir, runfolder.STATE), "the run's progress")
-    if not isinstance(state, dict) or not isinstance(state.get("epochs_done"), int):
-        raise InputError(f"{os.path.join(run_dir, runfolder.STATE)}: damaged (no epochs_done); restore "
-                         "it, or start a new run with another --out")
+    check_progress(state, config, os.path.join(run_dir, runfolder.STATE))
     if epochs is not None and epochs != config["epochs"]:
         raise InputError(
             f"--epochs {epochs}: this run was planned for {config['epochs']} epochs and its "
             "learning rate follows that plan (warm-up, then cosine decay to 0 at the last epoch), so "
             f"--resume continues to epoch {config['epochs']}; for a longer run start a new one")
     return config, state
+
+
+# config.json keys that are train.py flags under another name; the rest carry the flag's own name.
+_CONFIG_FLAGS = {"time_budget_minutes": "time_budget"}
+
+
+def _setting_problem(action, value, item=False):
+    """Why `value`, read from a run's files, is not what `action` (a train.py flag) could have given;
+    `None` when it is. `item`: `value` is one of the flag's two values (`nargs=2`)."""
+    if value is None:
+        return None if action.default is None and not item else "must not be empty"
+    if action.nargs == 2 and not item:
+        if not isinstance(value, list) or len(value) != 2:
+            return "must be a list of two values"
+        return next(filter(None, (_setting_problem(action, one, item=True) for one in value)), None)
+    if action.choices is not None:
+        return None if value in action.choices else f"must be one of {', '.join(map(str, action.choices))}"
+    if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
+        return None if isinstance(value, bool) else "must be true or false"
+    if hasattr(action.type, "high"):  # cliargs.int_range / float_range: the parser's own bounds
+        integer = action.type.__name__ == "integer"
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            return f"must be {'an integer' if integer else 'a number'}"
+        try:
+            action.type(repr(value))
+        except argparse.ArgumentTypeError as error:
+            return str(error)
+    return None
+
+
+def check_settings(config, path):
+    """Checks a run's saved settings as strictly as `train.py` checks its command line.
+
+    Args:
+        config: the dict read from `config.json`.
+        path: the file, for the message.
+
+    Raises:
+        InputError: a setting of the wrong type or out of the flag's range, naming it.
+    """
+    import train  # its parser holds every flag's type and range, once
+
+    if not isinstance(config, dict) or not all(key in config for key in runfolder.CONFIG_KEYS):
+        raise InputError(f"{path}: not the settings of a train.py run; restore the file, or start a new run "
+                         "with another --out")
+    actions = {action.dest: action for action in train.build_parser()._actions}
+    values = {key: config[key] for key in config if _CONFIG_FLAGS.get(key, key) in actions}
+    values.update((key, value) for key, value in (config.get("model_kwargs") or {}).items() if key in actions)
+    for key, value in values.items():
+        if value is None and key in ("fold", "fold_by") and config.get("folds") is None:
+            continue  # recorded as null in a run without --folds
+        problem = _setting_problem(actions[_CONFIG_FLAGS.get(key, key)], value)
+        if problem:
+            raise InputError(f"{path}: {key} = {json.dumps(value)}: {problem}; restore the file, or start a new "
+                             "run with another --out")
+    if "zoom" in values and values["zoom"][0] > values["zoom"][1]:
+        raise InputError(f"{path}: zoom = {json.dumps(values['zoom'])}: the smaller zoom comes first; restore the "
+                         "file, or start a new run with another --out")
+    if config.get("folds") is not None and not 0 <= config.get("fold", 0) < config["folds"]:
+        raise InputError(f"{path}: fold = {json.dumps(config.get('fold'))}: must be below folds "
+                         f"{config['folds']}; restore the file, or start a new run with another --out")
+
+
+def check_progress(state, config, path):
+    """Checks a run's `state.json` against its settings.
+
+    Raises:
+        InputError: a damaged or impossible value, naming it.
+    """
+    if not isinstance(state, dict) or type(state.get("epochs_done")) is not int:
+        raise InputError(f"{path}: damaged (no epochs_done); restore it, or start a new run with another --out")
+    problems = []
+    if not 0 <= state["epochs_done"] <= config["epochs"]:
+        problems.append(f"epochs_done = {state['epochs_done']}: must be 0 to the run's {config['epochs']} epochs")
+    best = state.get("best_val_dice")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or
+                             not (best == -math.inf or 0 <= best <= 1)):
+        problems.append(f"best_val_dice = {json.dumps(best)}: must be a number from 0 to 1")
+    epoch = state.get("best_epoch", 0)
+    if type(epoch) is not int or not 0 <= epoch <= config["epochs"]:
+        problems.append(f"best_epoch = {json.dumps(epoch)}: must be an epoch of the run")
+    if problems:
+        raise InputError(f"{path}: {problems[0]}; restore the file, or start a new run with another --out")
 
 
 def find_run_pairs(config):
@@ -220,7 +311,7 @@ def make_split(pairs, config):
     if config.get("folds"):
         try:
             split = dataGenerator.kfold_split(pairs, config["folds"], config["fold"], config["split_fractions"][1],
-                                              config["seed"])
+                                              config["seed"], config.get("fold_by") or "random")
         except ValueError as error:
             raise InputError(f"{config['images']}: --folds {config['folds']}: {error}") from None
     else:
@@ -348,6 +439,12 @@ def _prepare_new(config, run_dir, overwrite, spread, setup):
             if os.path.commonpath([out, os.path.realpath(folder)]) == out:
                 raise InputError(f"{folder}: inside --out {run_dir}, which --overwrite would replace; move "
                                  "the data out of the run folder, or choose another --out")
+    if replace and config.get("init"):
+        out = os.path.realpath(run_dir)
+        if os.path.commonpath([out, os.path.realpath(config["init"])]) == out:
+            raise InputError(f"--init {config['init']}: inside --out {run_dir}, which --overwrite replaces before "
+                             "the model starts; copy the model out of the run folder first (e.g. cp "
+                             f"{os.path.join(run_dir, runfolder.BEST)} start.keras), or choose another --out")
     # Every check has passed: only now is anything moved or written.
     if replace:
         setup["aside"] = runfolder.set_aside(run_dir)
@@ -368,6 +465,11 @@ def _prepare_resume(run_dir, epochs, folders, setup):
     config, state = check_resumable(run_dir, epochs)
     runfolder.remove_stale_temp_files(run_dir)
     images_dir, masks_dir = folders if folders is not None else (config["images"], config["masks"])
+    gone = [folder for folder in (images_dir, masks_dir) if not os.path.isdir(folder)]
+    if gone and folders is None:
+        raise InputError(f"{gone[0]}: the run's data is no longer there (moved or deleted); resume with "
+                         f"--data DIR (or --images DIR --masks DIR) where it lies now: python train.py --resume "
+                         f"--out {run_dir} --data DIR")
     pairs = dataGenerator.find_pairs(images_dir, masks_dir, skip_unpaired=True)
     split = dataGenerator.load_split(os.path.join(run_dir, runfolder.SPLIT))
     if folders is not None:
@@ -565,8 +667,13 @@ def _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribut
             model.fit(train_data, validation_data=val_data, epochs=config["epochs"], initial_epoch=initial_epoch,
                       callbacks=callbacks, verbose=verbose, shuffle=False)
         except BaseException as error:
-            if aside and not checkpoint.saved:  # no checkpoint yet: the old run comes back
+            if state is None and not checkpoint.saved:
+                # No epoch was saved: a folder without state.json could be neither resumed nor reused,
+                # so the new run leaves nothing behind (and a replaced run comes back).
                 _undo(run_dir, setup)
+                print(f"note: no epoch of the new run was saved, so {run_dir} was "
+                      f"{'put back as it was' if aside or setup.get('filled') else 'removed'}; start the run again",
+                      file=sys.stderr)
             if not (isinstance(error, ValueError) and "MultiWorker" in spread.description
                     and "PerReplica" in str(error)):
                 raise
@@ -643,6 +750,8 @@ def _undo(run_dir, setup):
 
 
 def _load_last_checkpoint(path, scope):
+    if zipfile.is_zipfile(path):  # a damaged one is named below; a padded one is refused before it is read
+        inference.check_keras_archive(path)
     try:
         with scope:
             return keras.saving.load_model(path)

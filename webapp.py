@@ -10,7 +10,11 @@ API (the page uses it; so can `curl`):
     POST /api/segment?name=FILE&tta=0|1&postprocess=0|1&remove_hair=0|1   body: the image file's bytes
         -> 200 JSON result (`Segmenter.segment`), or 4xx/5xx JSON `{"error": message}`
     GET /api/info                   -> the model and the defaults
-    GET /results/<token>/<file>     -> a result's images and downloads (the last `RESULTS_KEPT`)
+    GET /results/<token>/<file>     -> a result's images and downloads (the latest, up to `RESULTS_KEPT_BYTES`)
+
+Limits: uploads up to `--max-upload-mb` (a body without a valid Content-Length is refused), a
+request that sends nothing for `REQUEST_TIMEOUT_SECONDS` is dropped, and up to `REQUEST_QUEUE`
+connections wait to be accepted.
 """
 
 import collections
@@ -43,12 +47,17 @@ STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 PREVIEW_SIDE = 768          # longest side of the pictures shown on the page
 OVERLAY_SIDE = 4096         # longest side of the overlay download for images above OVERLAY_PIXELS
 OVERLAY_PIXELS = inference.STRIP_PIXELS  # up to here, the overlay download is at the image's own size
 DEFAULT_MAX_UPLOAD_MB = 200
-RESULTS_KEPT = 64           # results whose files stay downloadable (oldest dropped first)
+# Results' files stay downloadable up to this many bytes together (oldest dropped first; the newest is
+# always kept): a noisy 16-megapixel photo's files take about 46 MB, a small image's a few hundred kB.
+RESULTS_KEPT_BYTES = 512 * 2**20
+REQUEST_TIMEOUT_SECONDS = 30  # a client silent this long (a half-sent request) is dropped
+REQUEST_QUEUE = 128         # connections waiting to be accepted (socketserver's default, 5, resets a burst)
 EXAMPLE_SEEDS = (11, 23, 37)
 EXAMPLE_SHAPE = (384, 512)
 HEATMAP_COLOURS = "magma"
@@ -117,7 +126,9 @@ class Segmenter:
         self.threshold = threshold
         self._model_lock = threading.Lock()
         self._results = collections.OrderedDict()
+        self._results_bytes = 0
         self._results_lock = threading.Lock()
+        self.results_kept_bytes = RESULTS_KEPT_BYTES
 
     def segment(self, name, data, tta=settings.DEFAULT_TTA, postprocess=settings.DEFAULT_POSTPROCESS,
                 remove_hair=settings.DEFAULT_REMOVE_HAIR):
@@ -162,8 +173,10 @@ class Segmenter:
         token = secrets.token_urlsafe(12)
         with self._results_lock:
             self._results[token] = {names[key]: data for key, data in files.items()}
-            while len(self._results) > RESULTS_KEPT:
-                self._results.popitem(last=False)
+            self._results_bytes += sum(len(data) for data in files.values())
+            while self._results_bytes > self.results_kept_bytes and len(self._results) > 1:
+                _, dropped = self._results.popitem(last=False)
+                self._results_bytes -= sum(len(data) for data in dropped.values())
         result.update(
             name=str(name), id=stem, seconds=round(finished - started, 3), waited_seconds=round(started - received, 3),
             tta=bool(tta), postprocess=bool(postprocess), remove_hair=bool(remove_hair), threshold=self.threshold,
@@ -229,6 +242,7 @@ class AppServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    request_queue_size = REQUEST_QUEUE
 
     def __init__(self, address, segmenter, max_upload_bytes):
         self.segmenter = segmenter
@@ -266,7 +280,7 @@ class AppServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         # A browser that goes away mid-answer is routine; anything else is logged with its traceback.
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             logger.debug("client %s disconnected", client_address)
             return
         logger.exception("error while serving %s", client_address)
@@ -280,6 +294,7 @@ def _flag(value, default):
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "lesion-unet"
+    timeout = REQUEST_TIMEOUT_SECONDS  # the socket's: http.server drops a request line that never comes
 
     def log_message(self, format, *args):  # noqa: A002 (http.server's name): requests are not news
         logger.debug("%s " + format, self.address_string(), *args)
@@ -306,6 +321,14 @@ class _Handler(BaseHTTPRequestHandler):
         route = urllib.parse.urlsplit(self.path).path
         if route in ("/", "/index.html"):
             route = "/static/index.html"
+        if route == "/favicon.ico":  # what browsers ask for before they read the page's icon link
+            route = "/static/favicon.svg"
+        if route == "/api/segment":
+            return self._send(HTTPStatus.METHOD_NOT_ALLOWED,
+                              json.dumps({"error": "/api/segment takes a POST with the image file as the body "
+                                                   "(e.g. curl --data-binary @image.jpg "
+                                                   "'.../api/segment?name=image.jpg')"}).encode("utf-8"),
+                              "application/json", [("Allow", "POST")])
         if route.startswith("/static/") and route[len("/static/"):] in STATIC_FILES:
             name = route[len("/static/"):]
             with open(os.path.join(STATIC_DIR, name), "rb") as handle:
@@ -335,8 +358,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
+            length = None
+        if length is None or length < 0:  # a negative length would make read() wait for the client to close
+            self.close_connection = True
             return self._send_error(HTTPStatus.LENGTH_REQUIRED, "send the image file as the request body, with its "
-                                                                "Content-Length")
+                                                                "Content-Length (a number of bytes, 0 or more)")
         limit = self.server.max_upload_bytes
         if length > limit:
             if length <= 4 * limit:  # read it, so that the browser sees the answer, not a reset connection
@@ -347,7 +373,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                     f"{name}: {length / 1e6:.0f} MB is more than this server takes "
                                     f"({limit / 1e6:.0f} MB; app.py --max-upload-mb raises it)")
-        data = self.rfile.read(length)
+        try:
+            data = self.rfile.read(length)
+        except TimeoutError:  # the client stopped sending mid-body; its thread is not held any longer
+            self.close_connection = True
+            return self._send_error(HTTPStatus.REQUEST_TIMEOUT, f"{name}: the upload stalled for "
+                                                                f"{REQUEST_TIMEOUT_SECONDS} s; send it again")
         if len(data) < length:
             return self._send_error(HTTPStatus.BAD_REQUEST, f"{name}: the upload was cut short; send it again")
         tta = _flag(query.get("tta"), settings.DEFAULT_TTA)

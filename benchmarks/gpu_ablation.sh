@@ -14,6 +14,7 @@
 # Usage: bash benchmarks/gpu_ablation.sh OUT SECONDS NAME="TRAIN.PY FLAGS" [NAME="FLAGS" ...]
 #   SECONDS bounds the whole script. Environment for a dry run on a CPU: PYTHON (default python3, with
 #   the .whl install), DATA (default .gpudata), EXTRA (flags added to every run, e.g. a tiny model),
+#   FOLD_BY (default random; "order" for folds of consecutive ids, the default-split run unaffected),
 #   FOLDS (default 5), WORK (default /tmp/ablation), SCORE_SECONDS (default 170).
 set -u
 if [ $# -lt 3 ]; then
@@ -51,7 +52,8 @@ for recipe in "$@"; do
   # $time_budget, $flags and $extra are split into words on purpose: they hold several words.
   # shellcheck disable=SC2086
   timeout "$(( deadline - $(date +%s) ))" "$PYTHON" benchmarks/cv_protocol.py --out "$work/$name" --folds "${FOLDS:-5}" \
-    --parallel "${FOLDS:-5}" -- --data "$data" --workers 1 $time_budget $flags $extra > "$work/$name.cv.log" 2>&1 &
+    --parallel "${FOLDS:-5}" -- --data "$data" --workers 1 --fold-by "${FOLD_BY:-random}" $time_budget $flags $extra \
+    > "$work/$name.cv.log" 2>&1 &
   # shellcheck disable=SC2086
   timeout "$train_seconds" "$PYTHON" train.py --data "$data" --workers 1 --verbose 2 $time_budget $flags $extra \
     --out "$work/${name}_final" > "$work/$name.final.log" 2>&1 &

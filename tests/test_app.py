@@ -1,11 +1,14 @@
 """The web app (`app.py`, `webapp.py`): downloads equal to predict.py's files, hostile uploads, two
 users at once, and the page itself in headless Chromium (Debian's package, driven by Playwright)."""
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import socket
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -170,6 +173,92 @@ def test_too_large_an_upload_is_refused_with_the_limit(server):
     assert "--max-upload-mb" in answer["error"]
 
 
+@contextlib.contextmanager
+def served(model, **options):
+    """Another app server around `model`, on a free port of 127.0.0.1, for tests that change its limits."""
+    import webapp
+
+    app = webapp.make_server(model, "m", "127.0.0.1", 0, **options)
+    thread = threading.Thread(target=app.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield app
+    finally:
+        app.shutdown()
+        app.server_close()
+
+
+def _raw(app, request, timeout=20):
+    """Sends raw bytes to the server and returns what it answers before it closes the connection."""
+    with socket.create_connection(app.server_address[:2], timeout=timeout) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_a_negative_content_length_is_refused_at_once(server):
+    """Content-Length -1 made the server read until the client closed: past any upload limit."""
+    with served(server.segmenter.model, max_upload_mb=0.001) as small:
+        started = time.perf_counter()
+        answer = _raw(small, b"POST /api/segment?name=a.png HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"
+                      + bytes(6000))
+    assert answer.startswith(b"HTTP/1.0 411") and b"Content-Length (a number of bytes, 0 or more)" in answer
+    assert time.perf_counter() - started < 10  # answered, not waiting for the client to hang up
+
+
+def test_half_sent_requests_are_dropped_after_the_timeout(server, monkeypatch):
+    import webapp
+
+    monkeypatch.setattr(webapp._Handler, "timeout", 1)
+    with served(server.segmenter.model) as app:
+        started = time.perf_counter()
+        assert _raw(app, b"POST /api/segment?name=a.png HTTP/1.1\r\nContent-Le") == b""  # headers never end
+        body = _raw(app, b"POST /api/segment?name=a.png HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + bytes(10))
+        assert time.perf_counter() - started < 15
+    assert body.startswith(b"HTTP/1.0 408") and b"a.png: the upload stalled for" in body
+
+
+def test_fifty_clients_at_once_are_all_answered(server):
+    """socketserver's default queue of 5 connections reset some of 50 simultaneous ones."""
+    barrier, statuses = threading.Barrier(50), []
+
+    def client():
+        barrier.wait()
+        with urllib.request.urlopen(server.url + "api/info", timeout=60) as response:
+            statuses.append(response.status)
+
+    threads = [threading.Thread(target=client) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert statuses == [200] * 50 and server.request_queue_size >= 50
+
+
+def test_results_are_kept_by_their_bytes_not_their_count(server):
+    with served(server.segmenter.model) as app:
+        app.segmenter.results_kept_bytes = 1  # less than any result: only the newest stays
+        urls = [post(app, f"u{seed}.png", encoded(synthetic.make_sample(seed, (60, 80))[0]))[1]["files"]["mask"]
+                for seed in (1, 2)]
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            get(app, urls[0])
+        assert gone.value.code == 404
+        assert get(app, urls[1]).startswith(b"\x89PNG")
+        kept = app.segmenter._results_bytes
+        assert kept == sum(len(data) for files in app.segmenter._results.values() for data in files.values()) > 0
+
+
+def test_favicon_and_a_get_of_the_upload_endpoint(server):
+    with urllib.request.urlopen(server.url + "favicon.ico", timeout=60) as response:
+        assert response.headers["Content-Type"] == "image/svg+xml" and response.read().startswith(b"<svg")
+    with pytest.raises(urllib.error.HTTPError) as error:
+        get(server, "api/segment")
+    assert error.value.code == 405 and error.value.headers["Allow"] == "POST"
+    assert "takes a POST with the image file as the body" in json.loads(error.value.read())["error"]
+
+
 def test_two_users_at_once_each_get_their_own_result(server, tmp_path):
     images = {f"user_{seed}.png": encoded(synthetic.make_sample(seed, (240, 320))[0]) for seed in (7, 8)}
     alone = {name: post(server, name, data)[1]["area_pixels"] for name, data in images.items()}
@@ -236,6 +325,8 @@ def test_the_page_in_a_real_browser(server, lesion_png, tmp_path):
             page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
             errors = []
             page.on("pageerror", lambda error: errors.append(str(error)))
+            missing = []  # a 404 (the favicon's was one) is an error in the browser's console
+            page.on("response", lambda response: response.status == 404 and missing.append(response.url))
             page.goto(server.url)
             page.wait_for_selector("body[data-ready=true]")
             assert "improved_unet.keras" in page.inner_text("#model-name")
@@ -273,7 +364,7 @@ def test_the_page_in_a_real_browser(server, lesion_png, tmp_path):
             page.evaluate("window.scrollTo(0, 0)")
             screenshot = str(tmp_path / "app.png")
             page.screenshot(path=screenshot, full_page=True)
-            assert errors == []
+            assert errors == [] and missing == []
         finally:
             browser.close()
     assert Image.open(screenshot).size[0] == 1200

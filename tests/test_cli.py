@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import quiet
-from conftest import ROOT, TINY, TINY_GRAPH, run_main, run_script
+from conftest import ROOT, TINY, TINY_GRAPH, TINY_GRAPH_AUTO_PRECISION, run_main, run_script
 from errors import InputError
 from metrics import REPORT_METRICS
 
@@ -44,11 +44,9 @@ def test_train_writes_a_complete_run_folder(trained_run):
     with open(os.path.join(run_dir, "config.json")) as handle:
         config = json.load(handle)
     assert config["epochs"] == 2 and config["image_size"] == [32, 32] and config["model"] == "improved"
-    import distribution  # not asked, so chosen for this machine's CPU and named on the run's first line
-
-    assert config["mixed_precision"] is bool(distribution.native_bfloat16_flags())
-    assert config["mixed_precision_reason"].startswith("auto: ")
-    assert ("mixed_bfloat16 (auto: " if config["mixed_precision"] else "float32 (auto: ") in result.stdout
+    # pinned by TINY, so that runs compare alike on every CPU; the automatic choice: test_demo_default
+    assert config["mixed_precision"] is False and config["mixed_precision_reason"] == "--no-mixed-precision"
+    assert "float32 (--no-mixed-precision)" in result.stdout
     import keras  # best.keras computes in float32 however it was trained, for CPUs without bfloat16
 
     best = keras.saving.load_model(os.path.join(run_dir, "best.keras"))
@@ -148,10 +146,18 @@ def test_predict_writes_isic_masks_at_each_images_size(trained_run, synthetic_di
 
 def test_demo_default_uses_synthetic_data(tmp_path):
     run_dir = str(tmp_path / "demo")
-    result = run_main("train.py", "--epochs", "1", "--limit", "12", "--out", run_dir, *TINY_GRAPH, "--verbose", "2")
+    result = run_main("train.py", "--epochs", "1", "--limit", "12", "--out", run_dir, *TINY_GRAPH_AUTO_PRECISION,
+                      "--verbose", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(synthetic demo)" in result.stdout and "test Dice" in result.stdout and "| 1 epoch," in result.stdout
     assert len(os.listdir(os.path.join(run_dir, "synthetic_data", "images"))) == 240
+    import distribution  # not asked, so chosen for this machine's CPU and named on the run's first line
+
+    with open(os.path.join(run_dir, "config.json")) as handle:
+        config = json.load(handle)
+    assert config["mixed_precision"] is bool(distribution.native_bfloat16_flags())
+    assert config["mixed_precision_reason"].startswith("auto: ")
+    assert ("mixed_bfloat16 (auto: " if config["mixed_precision"] else "float32 (auto: ") in result.stdout
 
 
 def test_existing_run_folder_is_not_overwritten(trained_run, synthetic_dir):
@@ -314,3 +320,23 @@ def test_init_starts_from_a_saved_models_weights(basic_run, synthetic_dir, tmp_p
     assert not os.path.exists(tmp_path / "wider")  # a run that never started leaves nothing behind
     missing = run_main("train.py", "--data", synthetic_dir, "--out", str(tmp_path / "none"), "--init", "nope.keras")
     assert missing.returncode == 2 and "--init nope.keras: no such model file" in missing.stderr
+
+
+def test_training_noise_is_filtered_as_it_comes_and_real_lines_pass(capfd):
+    import quiet
+
+    with quiet.live_filtered_stderr():
+        os.write(2, b"E0000 00:00:1 12 util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512. "
+                    b"Falling back to the default Eigen-based implementation if present.\n")
+        os.write(2, b"warning: a line the user must see\n")
+        os.write(2, b"a last line without its newline")
+    assert capfd.readouterr().err == "warning: a line the user must see\na last line without its newline"
+
+
+def test_a_log_file_gets_one_line_per_epoch_without_escape_codes(synthetic_dir, tmp_path):
+    flags = [flag for flag in TINY if flag not in ("--verbose", "0")]
+    assert len(flags) == len(TINY) - 2
+    result = run_main("train.py", "--data", synthetic_dir, "--out", str(tmp_path / "run"), "--epochs", "2", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\x1b[" not in result.stdout and "\r" not in result.stdout and "\x08" not in result.stdout
+    assert re.search(r"^Epoch 2/2$", result.stdout, re.M) and re.search(r"^\d+/\d+ - .*val_dice", result.stdout, re.M)

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from conftest import JAX_FAST_COMPILE, ROOT, TINY, TINY_GRAPH, Result, build_once, run_script
+from conftest import (JAX_FAST_COMPILE, ROOT, TINY, TINY_GRAPH, TINY_GRAPH_AUTO_PRECISION, Result, build_once,
+                      run_script)
 
 pytest.importorskip("tensorflow")
 
@@ -299,7 +300,8 @@ def test_train_config_records_the_precision_and_why(synthetic_dir, tmp_path, mon
     import training
 
     monkeypatch.setattr(distribution, "CPUINFO_PATH", _cpuinfo(tmp_path, CPU_FLAGS[cpu]))
-    args = train.build_parser().parse_args(["--data", synthetic_dir, "--out", str(tmp_path / "run"), *TINY, *flags])
+    args = train.build_parser().parse_args(["--data", synthetic_dir, "--out", str(tmp_path / "run"), *TINY_GRAPH_AUTO_PRECISION,
+                                              *flags])
     config = training.resolve_config(args)
     assert config["mixed_precision"] is expected
     assert config["mixed_precision_reason"].startswith("--no-" if flags else "auto: ")

@@ -38,6 +38,26 @@ def test_kfold_test_splits_partition_the_data():
     assert kfold_split(pairs, 5, 2, 0.1, seed=8) != splits[2]
 
 
+def test_kfold_golden_folds_random_and_by_order():
+    pairs = _pairs(12)[::-1]  # the pairs' order must not matter, only their ids'
+    # Random folds: the same parts as before --fold-by existed (these ids were drawn by that code).
+    assert kfold_split(pairs, 3, 1, 0.2, seed=7) == {
+        "train": ["id000", "id002", "id005", "id009", "id010", "id011"], "val": ["id004", "id006"],
+        "test": ["id001", "id003", "id007", "id008"]}
+    by_order = [kfold_split(pairs, 3, fold, 0.2, seed=7, by="order") for fold in range(3)]
+    assert [split["test"] for split in by_order] == [[f"id{i:03d}" for i in range(start, start + 4)]
+                                                     for start in (0, 4, 8)]  # runs of consecutive ids
+    assert by_order[1] == {"train": ["id001", "id002", "id003", "id008", "id009", "id011"],
+                           "val": ["id000", "id010"], "test": ["id004", "id005", "id006", "id007"]}
+    for split in by_order:  # validation is drawn at random from the other folds, not next to the test fold
+        assert not set(split["val"]) & set(split["test"]) and len(split["val"]) == 2
+        assert sorted(split["train"] + split["val"] + split["test"]) == sorted(p.id for p in pairs)
+    assert kfold_split(pairs, 3, 1, 0.2, seed=8, by="order")["val"] != by_order[1]["val"]
+    assert kfold_split(pairs, 3, 1, 0.2, seed=8, by="order")["test"] == by_order[1]["test"]  # the seed picks only val
+    with pytest.raises(ValueError, match="use one of random, order"):
+        kfold_split(pairs, 3, 1, by="date")
+
+
 @pytest.mark.parametrize("folds, fold, count", [(1, 0, 20), (5, 5, 20), (5, -1, 20), (5, 0, 6)])
 def test_kfold_refuses_impossible_requests(folds, fold, count):
     with pytest.raises(ValueError):
@@ -191,20 +211,20 @@ def test_train_with_folds_and_every_lever_records_them(tmp_path, synthetic_dir):
     # A time budget of 0.06 s is spent by the first epoch: the run stops after it, and still reports.
     run = str(tmp_path / "run")
     result = run_main("train.py", "--data", synthetic_dir, "--out", run, "--epochs", "2", "--folds", "4", "--fold", "3",
-                      "--zoom", "0.8", "1.4", "--color-augment", "strong", "--hair-augment", "--ema",
+                      "--fold-by", "order", "--zoom", "0.8", "1.4", "--color-augment", "strong", "--hair-augment", "--ema",
                       "--time-budget", "0.001", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training stops after epoch 1 of 2" in result.stdout and "(time budget 0.001 min)" in result.stdout
     with open(os.path.join(run, "history.csv")) as handle:
         assert len(handle.readlines()) == 2  # header and epoch 1
     config = runfolder.read_json(os.path.join(run, "config.json"), "settings")
-    assert (config["folds"], config["fold"], config["zoom"], config["color_augment"], config["hair_augment"],
-            config["ema"]) == (4, 3, [0.8, 1.4], "strong", True, True)
+    assert (config["folds"], config["fold"], config["fold_by"], config["zoom"], config["color_augment"],
+            config["hair_augment"], config["ema"]) == (4, 3, "order", [0.8, 1.4], "strong", True, True)
     assert (config["time_budget_minutes"], config["epochs"]) == (0.001, 2)  # stopped, not re-planned
     assert train.build_parser().parse_args([]).time_budget is None  # resolved per run: 90 on real data, no demo limit
     pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(synthetic_dir))
     with open(os.path.join(run, "split.json")) as handle:
-        assert json.load(handle) == kfold_split(pairs, 4, 3, 0.1, seed=0)
+        assert json.load(handle) == kfold_split(pairs, 4, 3, 0.1, seed=0, by="order")
     with open(os.path.join(run, "metrics.json")) as handle:
         summary = json.load(handle)
     assert summary["n_images"] == 6 and sum(band["n_images"] for band in summary["by_size"].values()) == 6

@@ -62,7 +62,7 @@ def test_curves_name_the_best_epoch_as_an_integer(tmp_path, monkeypatch):
     history_path.write_text("epoch,dice,loss,val_dice,val_loss\n1,0.5,0.9,0.6,0.8\n2,0.7,0.5,0.8,0.4\n"
                             "3,0.8,0.4,0.7,0.5\n")
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
     plots.save_curves(plots.read_history(str(history_path)), str(tmp_path / "curves.png"), "run")
     (figure,) = figures
     assert figure.axes[1].get_title() == "best validation Dice 0.8000 (epoch 2)"

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -28,6 +29,8 @@ import lesion_files
 import plots
 import predict
 import runfolder
+import scoring
+import settings
 import synthetic
 import train
 import training
@@ -48,7 +51,8 @@ def tiny_model(tmp_path_factory):
 def _fake_run(folder, epochs=4, epochs_done=4):
     """A run folder with the files --resume looks for (the model file is not a real one)."""
     os.makedirs(folder, exist_ok=True)
-    runfolder.save_json({"epochs": epochs, "images": "x", "masks": "y"}, os.path.join(folder, runfolder.CONFIG))
+    runfolder.save_json({"epochs": epochs, "images": "x", "masks": "y", "model": "basic", "image_size": [32, 32],
+                         "seed": 0}, os.path.join(folder, runfolder.CONFIG))
     runfolder.save_json({"epochs_done": epochs_done, "best_val_dice": 0.5, "best_epoch": 1},
                         os.path.join(folder, runfolder.STATE))
     with open(os.path.join(folder, runfolder.LAST), "wb") as handle:
@@ -81,8 +85,14 @@ def test_overwrite_refuses_a_run_folder_that_holds_the_data(tmp_path, synthetic_
     run = _fake_run(str(tmp_path / "run"))
     shutil.copytree(synthetic_dir, os.path.join(run, "data"))
     before = _tree(run)
-    with pytest.raises(InputError, match="inside --out"):
+    with pytest.raises(InputError, match=r"holds files that no run writes \(data\)"):
         train.main(["--data", os.path.join(run, "data"), "--out", run, "--overwrite", *TINY])
+    assert _tree(run) == before and sorted(os.listdir(tmp_path)) == ["run"]
+    # Under a name that runs do write, the data is still found inside the folder and kept.
+    os.rename(os.path.join(run, "data"), os.path.join(run, "evaluation"))
+    before = _tree(run)
+    with pytest.raises(InputError, match="inside --out"):
+        train.main(["--data", os.path.join(run, "evaluation"), "--out", run, "--overwrite", *TINY])
     assert _tree(run) == before and sorted(os.listdir(tmp_path)) == ["run"]
 
 
@@ -113,6 +123,54 @@ def test_overwrite_keeps_the_old_run_until_the_first_checkpoint(tmp_path, synthe
         assert json.load(handle)["epochs"] == 1
 
 
+def test_overwrite_refuses_a_folder_with_another_programs_config(tmp_path, synthetic_dir):
+    """A config.json alone is no run: another program's folder is never set aside and deleted."""
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text('{"name": "my-web-app"}')
+    (project / "thesis.tex").write_text("chapter one")
+    (project / "src" / "main.py").write_text("print('hi')")
+    before = _tree(project)
+    with pytest.raises(InputError, match="exists and is not a run folder of train.py"):
+        train.main(["--data", synthetic_dir, "--out", str(project), "--overwrite", "--epochs", "1", *TINY])
+    assert _tree(project) == before and sorted(os.listdir(tmp_path)) == ["proj"]
+    assert not runfolder.is_run_folder(str(project))
+
+
+def test_overwrite_refuses_a_run_folder_holding_files_a_run_never_writes(tmp_path, synthetic_dir, basic_run):
+    run = tmp_path / "run"
+    shutil.copytree(basic_run, run)
+    (run / "thesis.tex").write_text("chapter one")
+    (run / "notes").mkdir()
+    before = _tree(run)
+    with pytest.raises(InputError, match=r"holds files that no run writes \(notes, thesis.tex\)"):
+        train.main(["--data", synthetic_dir, "--out", str(run), "--overwrite", "--epochs", "1", *TINY])
+    assert _tree(run) == before and sorted(os.listdir(tmp_path)) == ["run"]
+    assert runfolder.foreign_entries(basic_run) == []  # what a finished run holds is all its own
+
+
+@pytest.mark.parametrize("out", ["/", "~", "data_images"])
+def test_a_folder_that_is_not_a_run_is_named_as_such(out, tmp_path, synthetic_dir):
+    """Without --overwrite too: "run folder exists; pass --resume" would send the user the wrong way."""
+    if out == "data_images":
+        shutil.copytree(synthetic_dir, tmp_path / "syn")
+        out = str(tmp_path / "syn" / "images")
+    out = os.path.expanduser(out)  # as the shell would
+    with pytest.raises(InputError, match="exists and is not a run folder of train.py.*choose a new or empty --out"):
+        train.main(["--data", synthetic_dir, "--out", out, "--epochs", "1", *TINY])
+
+
+def test_init_from_the_run_that_overwrite_replaces_is_refused_before_anything_moves(tmp_path, synthetic_dir,
+                                                                                      basic_run):
+    run = tmp_path / "run"
+    shutil.copytree(basic_run, run)
+    before = _tree(run)
+    with pytest.raises(InputError, match=r"--init .*best.keras: inside --out .* copy the model out"):
+        train.main(["--data", synthetic_dir, "--out", str(run), "--overwrite", "--epochs", "1",
+                    "--init", str(run / "best.keras"), *TINY])
+    assert _tree(run) == before and sorted(os.listdir(tmp_path)) == ["run"]
+
+
 # 2. One training process per run folder.
 
 def test_a_second_run_into_a_locked_folder_stops(tmp_path, synthetic_dir):
@@ -123,6 +181,18 @@ def test_a_second_run_into_a_locked_folder_stops(tmp_path, synthetic_dir):
         with pytest.raises(InputError, match="another train.py"):
             train.main(["--out", run, "--resume"])
     assert not os.path.exists(run)
+
+
+def test_two_names_of_one_folder_share_one_lock(tmp_path, synthetic_dir):
+    run, link = tmp_path / "clk", tmp_path / "clk_link"
+    run.mkdir()
+    link.symlink_to(run)
+    with runfolder.RunLock(str(run)):
+        with pytest.raises(InputError, match="another train.py"):
+            runfolder.RunLock(str(link)).acquire()
+        with pytest.raises(InputError, match="another train.py"):
+            train.main(["--data", synthetic_dir, "--out", str(link), "--epochs", "1", *TINY])
+    assert os.listdir(run) == []
 
 
 def test_a_killed_holder_does_not_leave_the_lock_stuck(tmp_path):
@@ -307,6 +377,16 @@ def test_out_of_range_flags_stop_at_parse_time(script, flags, expected, tmp_path
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("flags", [["--fold", "2"], ["--fold-by", "order"]])
+def test_fold_flags_without_folds_stop_at_parse_time(flags, tmp_path, capsys, monkeypatch):
+    """Without --folds they would be ignored, and a run meant as an order fold would train on a random split."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        train.main([*flags, "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2 and "no --folds was given" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
 def test_fold_must_be_below_folds(tmp_path, synthetic_dir):
     with pytest.raises(InputError, match="--fold 5: must be below --folds 5"):
         train.main(["--data", synthetic_dir, "--out", str(tmp_path / "run"), "--folds", "5", "--fold", "5", *TINY])
@@ -400,6 +480,47 @@ def test_resume_takes_moved_data_and_names_ignored_flags(tmp_path, synthetic_dir
     runfolder.save_json({**state, "epochs_done": 1}, state_path)
     with pytest.raises(InputError, match="missing from the data"):
         train.main(["--out", run, "--resume", "--data", str(other)])
+
+
+def test_a_bare_resume_after_the_data_moved_says_how_to_point_at_it(tmp_path, synthetic_dir, basic_run):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    run = str(tmp_path / "run")
+    _killed_after_epoch_1(basic_run, run)
+    config_path = os.path.join(run, runfolder.CONFIG)
+    with open(config_path) as handle:
+        config = json.load(handle)
+    runfolder.save_json({**config, "images": str(data / "images"), "masks": str(data / "masks")}, config_path)
+    shutil.move(data, tmp_path / "elsewhere")
+    with pytest.raises(InputError, match=r"data/images: the run's data is no longer there .* --resume --out "
+                                         rf"{run} --data DIR"):
+        train.main(["--out", run, "--resume"])
+
+
+@pytest.mark.parametrize("file, key, value, expected", [
+    (runfolder.STATE, "epochs_done", -5, "epochs_done = -5: must be 0 to the run's 2 epochs"),
+    (runfolder.STATE, "best_val_dice", "x", 'best_val_dice = "x": must be a number from 0 to 1'),
+    (runfolder.STATE, "best_epoch", 7, "best_epoch = 7: must be an epoch of the run"),
+    (runfolder.CONFIG, "seed", -1, "seed = -1: must be an integer >= 0"),
+    (runfolder.CONFIG, "epochs", "4", 'epochs = "4": must be an integer'),
+    (runfolder.CONFIG, "epochs", 1e23, "epochs = 1e\\+23: must be an integer"),
+    (runfolder.CONFIG, "batch_size", 0, "batch_size = 0: must be an integer >= 1 and <= 4096"),
+    (runfolder.CONFIG, "image_size", [32], r"image_size = \[32\]: must be a list of two values"),
+    (runfolder.CONFIG, "zoom", [5, 1], r"zoom = \[5, 1\]: the smaller zoom comes first"),
+    (runfolder.CONFIG, "loss", "focal", "loss = \"focal\": must be one of dice_bce, dice, bce"),
+    (runfolder.CONFIG, "augment", "yes", "augment = \"yes\": must be true or false"),
+])
+def test_hand_edited_run_files_are_refused_naming_the_value(file, key, value, expected, tmp_path, basic_run):
+    run = str(tmp_path / "run")
+    _killed_after_epoch_1(basic_run, run)
+    path = os.path.join(run, file)
+    with open(path) as handle:
+        saved = json.load(handle)
+    runfolder.save_json({**saved, key: value}, path)
+    before = _tree(run)
+    with pytest.raises(InputError, match=f"{path}: {expected}.*restore the file"):
+        train.main(["--out", run, "--resume"])
+    assert _tree(run) == before
 
 
 # 12, 15. evaluate.py writes nothing for a refused model, never into a run folder, and replaces no
@@ -554,3 +675,296 @@ def test_overlay_draws_the_outline_pixels_of_the_float_version(tmp_path):
     plots.save_overlay(image, mask, str(tmp_path / "o.png"))
     drawn = plots.outline(image.astype(np.float32) / 255.0, mask, plots.PREDICTION_COLOUR)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o.png")), (drawn * 255).round().astype(np.uint8))
+
+
+def test_a_16_bit_image_is_scaled_strip_by_strip(tmp_path):
+    """A small 16-bit PNG can hold a huge image: its float copy must never be whole (it took 4 GB)."""
+    import tracemalloc
+
+    path = str(tmp_path / "deep.png")
+    pixels = np.full((3000, 3000), 40000, np.uint16)
+    pixels[0, :3] = [0, 1000, 65535]
+    Image.fromarray(pixels).save(path)
+    assert os.path.getsize(path) < 100_000
+    tracemalloc.start()
+    try:
+        small = lesion_files.read_image(path, (32, 32))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # numpy's arrays: the 8-bit grey image (9 MB) and a float64 strip or two (8 MB each), never the
+    # 72 MB float64 copy of the whole image (three of them before)
+    assert peak < 40e6, peak
+    assert small.shape == (32, 32, 3) and np.all(small[2:] == 155)
+    image = lesion_files.read_image(path)
+    np.testing.assert_array_equal(image[0, :4], [[0] * 3, [3] * 3, [255] * 3, [155] * 3])  # 40000 * 255 / 65535
+    assert image.shape == (3000, 3000, 3) and np.all(image[1:] == 155)
+
+
+def _padded_keras_file(source, path, padding):
+    """A copy of the .keras file `source` whose config.json is padded with `padding` spaces: small on
+    disk (the spaces compress to almost nothing), huge once inflated."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as padded:
+        for member in archive.infolist():
+            data = archive.read(member)
+            if member.filename == "config.json":
+                padded.writestr(member.filename, data + b" " * padding)  # still valid JSON
+            else:
+                padded.writestr(member, data)
+    return str(path)
+
+
+def test_a_zip_bomb_model_is_refused_before_it_is_inflated(tmp_path, tiny_model, synthetic_dir, monkeypatch):
+    bomb = _padded_keras_file(tiny_model, tmp_path / "bomb.keras", 200 * 2**20)
+    assert os.path.getsize(bomb) < os.path.getsize(tiny_model) + 300_000
+    inflated = []
+    monkeypatch.setattr("zipfile.ZipFile.read", lambda *args, **kwargs: inflated.append(args) or b"{}")
+    with pytest.raises(InputError, match=r"bomb.keras: refused: its config.json would unpack to 210 MB"):
+        inference.load_model(bomb)
+    with pytest.raises(InputError, match=r"bomb.keras: refused: its config.json"):
+        train.main(["--data", synthetic_dir, "--out", str(tmp_path / "run"), "--init", bomb, *TINY])
+    assert inflated == [] and not os.path.exists(tmp_path / "run")
+    monkeypatch.undo()
+    fine = _padded_keras_file(tiny_model, tmp_path / "padded.keras", 1000)  # a little padding is harmless
+    assert inference.load_model(fine).input_shape == (None, 32, 32, 3)
+
+
+# Masks of 0 and 1, the two reports of a run folder, default output folders.
+
+def _masks_as_0_1(source, target):
+    """Copies a folder of 0/255 masks as masks of 0 and 1 (lesion = 1), a common way to save them."""
+    os.makedirs(target)
+    for name in os.listdir(source):
+        pixels = np.asarray(Image.open(os.path.join(source, name)))
+        Image.fromarray((pixels // 255).astype(np.uint8)).save(os.path.join(target, name))
+    return str(target)
+
+
+def test_masks_of_0_and_1_mark_the_lesion_with_1(tmp_path, synthetic_dir, caplog):
+    truth = os.path.join(synthetic_dir, "masks")
+    zero_one = _masks_as_0_1(truth, tmp_path / "p01")
+    name = sorted(os.listdir(truth))[0]
+    mask, found = lesion_files.read_mask(os.path.join(zero_one, name), return_format=True)
+    np.testing.assert_array_equal(mask, lesion_files.read_mask(os.path.join(truth, name)))
+    assert found == lesion_files.MASK_0_1 and mask.any()
+    assert lesion_files.read_mask(os.path.join(truth, name), return_format=True)[1] == lesion_files.MASK_0_255
+    # evaluate.py --predictions: the same Dice as the 0/255 masks, with one note
+    reports = {}
+    for label, folder in (("0/255", truth), ("0/1", zero_one)):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="lesion_unet"):
+            evaluate.main(["--predictions", folder, "--data", synthetic_dir, "--out", str(tmp_path / label[-1])])
+        with open(tmp_path / label[-1] / "metrics.json") as handle:
+            reports[label] = json.load(handle)["dice"]
+        notes = [record.getMessage() for record in caplog.records if "0 and 1" in record.getMessage()]
+        assert notes == ([] if label == "0/255" else ["note: 24 predicted mask(s) held only the values 0 and 1; "
+                                                     "read as lesion = 1"])
+    assert reports == {"0/255": 1.0, "0/1": 1.0}
+    # training data: the masks hold the lesions, not nothing
+    data = tmp_path / "data01"
+    shutil.copytree(os.path.join(synthetic_dir, "images"), data / "images")
+    _masks_as_0_1(truth, data / "masks")
+    pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(str(data)))
+    with caplog.at_level("INFO", logger="lesion_unet"):
+        _, masks = dataGenerator.load_arrays(pairs, (32, 32), progress=False)
+    expected = dataGenerator.load_arrays(dataGenerator.find_pairs(*dataGenerator.resolve_folders(synthetic_dir)),
+                                         (32, 32), progress=False)[1]
+    np.testing.assert_array_equal(masks, expected)
+    assert "note: 24 mask(s) held only the values 0 and 1; read as lesion = 1" in caplog.text
+
+
+def test_evaluate_with_data_keeps_the_runs_test_report_and_warns_of_seen_images(tmp_path, trained_run,
+                                                                              synthetic_dir, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    test_report = (run / "evaluation" / "metrics.json")
+    evaluate.main([str(run), "--no-progress"])  # the run's test split
+    before = test_report.read_text()
+    capsys.readouterr()
+    evaluate.main([str(run), "--data", synthetic_dir, "--no-progress"])
+    err = capsys.readouterr().err
+    assert test_report.read_text() == before and json.loads(before)["n_images"] == 2
+    with open(run / "evaluation_data" / "metrics.json") as handle:
+        report = json.load(handle)
+    assert report["n_images"] == 24
+    assert report["settings"]["seen_in_training"] == {"split_file": str(run / "split.json"), "train": 20, "val": 2}
+    assert "warning: 20 of the 24 scored images were in this model's training split and 2 in its validation " \
+           "split" in err
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main([str(run), "--data", synthetic_dir, "--split", "val"])
+    assert stop.value.code == 2 and "--split chooses a split of a run folder" in capsys.readouterr().err
+
+
+def test_the_shipped_model_carries_its_split():
+    split = lesion_files.load_split(os.path.join(ROOT, "pretrained", "split.json"))
+    assert [len(split[name]) for name in ("train", "val", "test")] == [1718, 215, 215]
+    real = os.path.join(ROOT, "..", "shared", "data", "isic2017")
+    if os.path.isdir(real):  # the seeded split of the real data, as pretrained/README.md says it was trained
+        pairs = lesion_files.find_pairs(*lesion_files.resolve_folders(real))
+        assert lesion_files.split_pairs(pairs, seed=0) == split
+        seen = scoring.seen_in_training(settings.DEFAULT_MODEL, pairs[:100])
+        assert seen["train"] + seen["val"] == len(set(p.id for p in pairs[:100]) - set(split["test"]))
+
+
+def test_default_outputs_go_under_runs(tmp_path, tiny_model, synthetic_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evaluate.main([tiny_model, "--data", synthetic_dir, "--no-progress"])
+    predict.main([tiny_model, os.path.join(synthetic_dir, "images"), "--no-progress"])
+    assert sorted(os.listdir(tmp_path)) == ["runs"]
+    assert sorted(os.listdir(tmp_path / "runs")) == ["evaluation", "predictions"]
+    assert os.path.isfile(tmp_path / "runs" / "evaluation" / "metrics.json")
+    assert len(os.listdir(tmp_path / "runs" / "predictions")) == 24
+
+
+def test_synthetic_py_never_says_it_wrote_what_it_kept(tmp_path, capsys):
+    out = str(tmp_path / "syn")
+    synthetic.main(["--out", out, "--num", "3", "--shape", "48", "64", "--no-progress"])
+    assert capsys.readouterr().out.startswith(f"wrote 3 synthetic pairs to {out}/images")
+    before = _tree(out), open(os.path.join(out, "masks", "synthetic_0000_segmentation.png"), "rb").read()
+    for flags in (["--shape", "32", "32"], ["--seed", "7"]):
+        with pytest.raises(InputError, match=r"holds synthetic pairs drawn with another --shape or --seed "
+                                             r"\(synthetic_0000_segmentation.png is 64x48"):
+            synthetic.main(["--out", out, "--num", "3", "--shape", "48", "64", "--no-progress", *flags])
+    assert (_tree(out), open(os.path.join(out, "masks", "synthetic_0000_segmentation.png"), "rb").read()) == before
+    synthetic.main(["--out", out, "--num", "5", "--shape", "48", "64", "--no-progress"])  # the same recipe, more
+    assert capsys.readouterr().out.startswith(f"wrote 2 synthetic pairs to {out}/images and {out}/masks (3 of the 5")
+    assert len(os.listdir(os.path.join(out, "images"))) == 5
+
+
+def test_a_model_with_nan_weights_is_refused_not_turned_into_empty_masks(tmp_path, tiny_model):
+    model = keras.saving.load_model(tiny_model)
+    weights = model.get_weights()
+    weights[0][...] = np.nan
+    model.set_weights(weights)
+    damaged = str(tmp_path / "nan.keras")
+    model.save(damaged)
+    image = tmp_path / "img.png"
+    _image(image)
+    with pytest.raises(InputError, match="nan.keras: the model's weights hold NaN or inf values"):
+        predict.main([damaged, str(image), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert not os.path.exists(tmp_path / "out")
+
+    class NanModel:  # an ONNX model's path has no weights to look at: its output is checked
+        name, input_shape, output_shape = "nan.onnx", (None, 32, 32, 3), (None, 32, 32, 1)
+
+        def predict_on_batch(self, images):
+            return np.full((*images.shape[:3], 1), np.nan, np.float32)
+
+    with pytest.raises(InputError, match=r"nan.onnx: gives non-finite values \(NaN or inf\) for .*img.png"):
+        list(inference.segment_files(NanModel(), [str(image)], progress=False))
+
+
+def test_exif_orientation_is_applied_to_images_and_masks_alike(tmp_path, tiny_model):
+    """A person draws on the photo as displayed: an orientation-6 photo stored 256x192 is 192x256."""
+    stored = np.zeros((192, 256, 3), np.uint8)
+    stored[:10, :40] = 255  # a bright band along the stored top-left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(stored).save(photo, exif=exif, quality=95)
+    mask = tmp_path / "photo_segmentation.png"
+    Image.fromarray(stored[..., 0]).save(mask, exif=exif)
+    displayed = np.rot90(stored, k=-1)  # what a viewer shows: 256 high, 192 wide
+    assert lesion_files.image_size_of(str(photo)) == (256, 192)
+    image = lesion_files.read_image(str(photo))
+    assert image.shape == (256, 192, 3) and abs(image.astype(int) - displayed).max() < 40  # JPEG round-off
+    np.testing.assert_array_equal(lesion_files.read_mask(str(mask)), displayed[..., 0] // 255)
+    small = np.asarray(Image.fromarray(stored[..., 0]).resize((64, 48), Image.NEAREST))  # as stored
+    np.testing.assert_array_equal(lesion_files.read_mask(str(mask), (64, 48)), np.rot90(small, k=-1) // 255)
+    assert lesion_files.read_image(str(photo), (64, 48)).shape == (64, 48, 3)
+    out = tmp_path / "out"
+    predict.main([tiny_model, str(photo), "--out", str(out), "--no-progress", "--overlay"])
+    assert np.asarray(Image.open(out / "photo_segmentation.png")).shape == (256, 192)
+    assert np.asarray(Image.open(out / "photo_overlay.png")).shape == (256, 192, 3)
+
+
+def test_one_unreadable_image_is_skipped_listed_and_fails_the_run(tmp_path, tiny_model, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "c.png"):
+        _image(folder / name)
+    (folder / "b.jpg").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    assert errors.run_cli(predict.main, [tiny_model, str(folder), "--out", str(out), "--no-progress"]) == 1
+    assert sorted(os.listdir(out)) == ["a_segmentation.png", "c_segmentation.png"]
+    captured = capsys.readouterr()
+    assert f"skipped: {folder / 'b.jpg'}: cannot read this image" in captured.err
+    assert "error: 1 of 3 image(s) could not be read and have no mask" in captured.err
+    assert "wrote 2 mask(s)" in captured.out
+    # Nothing readable: no empty folder is left behind.
+    assert errors.run_cli(predict.main, [tiny_model, str(folder / "b.jpg"), "--out", str(tmp_path / "none"),
+                                         "--no-progress"]) == 1
+    assert not os.path.exists(tmp_path / "none")
+
+
+def test_sigterm_during_predict_leaves_no_temporary_file(tmp_path, tiny_model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noisy = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
+    for index in range(30):  # noisy photos: writing each overlay PNG takes most of the time
+        Image.fromarray(noisy).save(folder / f"img{index:02d}.jpg", quality=90)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "predict.py", tiny_model, str(folder), "--out", str(out), "--overlay",
+                                "--no-progress"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        deadline = time.monotonic() + 300
+        while not (out.is_dir() and any(name.endswith("_overlay.png") for name in os.listdir(out))):
+            assert process.poll() is None and time.monotonic() < deadline, "predict.py ended before writing"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM and "terminated" in err, err[-2000:]
+    assert not [name for name in os.listdir(out) if ".tmp" in name]
+
+
+def _parsers():
+    import app
+    import cliargs
+    import export
+
+    return {"train.py": train.build_parser(), "evaluate.py": evaluate.build_parser(), "predict.py": predict.build_parser(),
+            "app.py": app.build_parser(), "export.py": export.build_parser(), "synthetic.py": synthetic.build_parser(),
+            "dataGenerator.py": dataGenerator._argument_parser(),
+            "model_*.py": cliargs.model_summary_parser("model", 16, 4, "levels")}
+
+
+def test_every_numeric_flag_has_an_upper_bound_checked_when_parsed():
+    unbounded = [f"{script} {action.option_strings[0]}" for script, parser in _parsers().items()
+                 for action in parser._actions
+                 if hasattr(action.type, "high") and action.type.high is None]
+    assert unbounded == []
+    numeric = [action for parser in _parsers().values() for action in parser._actions if hasattr(action.type, "high")]
+    assert len(numeric) > 25  # the walk does see the flags
+
+
+def test_an_absurd_epoch_count_stops_at_parse_time_and_writes_nothing(tmp_path, synthetic_dir, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--data", synthetic_dir, "--out", str(tmp_path / "run"), "--epochs", "99999999999999999999"])
+    assert stop.value.code == 2 and "argument --epochs: must be an integer >= 1 and <= 10000" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_at_the_first_checkpoint_leaves_no_half_made_run(tmp_path, synthetic_dir, basic_run):
+    """No state.json yet: the folder could be neither resumed nor reused, and "the previous complete
+    file is intact" was not true of a file that never existed."""
+    import resource
+
+    last_size = os.path.getsize(os.path.join(basic_run, runfolder.LAST))
+
+    def small_files():  # the first last.keras cannot be written: the disk is "full"
+        resource.setrlimit(resource.RLIMIT_FSIZE, (last_size // 2, last_size // 2))
+
+    run = str(tmp_path / "run")
+    command = [sys.executable, "train.py", "--data", synthetic_dir, "--out", run, "--epochs", "1", *TINY]
+    full = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, preexec_fn=small_files, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert "no space left writing" in full.stderr and "nothing was written to it" in full.stderr
+    assert "intact" not in full.stderr and f"note: no epoch of the new run was saved, so {run} was removed" in full.stderr
+    assert os.listdir(tmp_path) == []  # nothing half-made: the same command simply runs again
+    assert train.main(["--data", synthetic_dir, "--out", run, "--epochs", "1", *TINY]) == 0

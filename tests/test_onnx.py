@@ -40,6 +40,8 @@ def test_export_writes_the_model_and_its_pipeline(exported):
     assert description["input"]["shape"] == ["batch", 32, 32, 3] and description["input"]["channel_order"] == "RGB"
     assert description["output"]["shape"] == ["batch", 32, 32, 1]
     assert description["mask"]["threshold"] == 0.5 and "largest" in description["mask"]["postprocess"]
+    assert description["input"]["remove_hair"].startswith("optional, off by default") and "at least 50 grey" in \
+        description["input"]["remove_hair"]  # hair_removal.HAIR_LEVEL, in words
     assert not [name for name in os.listdir(run) if ".tmp" in name]
 
 
@@ -99,6 +101,45 @@ def test_export_errors_are_one_line(tmp_path):
     Image.new("RGB", (20, 16)).save(tmp_path / "photo.png")  # the images are checked first
     result = run_main("predict.py", str(bad), str(tmp_path), "--out", str(tmp_path / "m"))
     assert result.returncode == 2 and "bad.onnx: cannot load this ONNX model" in result.stderr
+
+
+def _onnx_model(path, inputs, nodes):
+    """A small ONNX model: `inputs` as `(name, element type)`, output `y`, float (batch, 32, 32, 1)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "odd", [helper.make_tensor_value_info(name, kind, ["batch", 32, 32, 3]) for name, kind in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32, 32, 1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_export_and_onnx_models_it_cannot_take_are_one_line(exported, tmp_path):
+    from onnx import TensorProto, helper
+
+    run, onnx_path = exported
+    result = run_main("export.py", onnx_path)  # already ONNX: the AttributeError before
+    assert result.returncode == 2 and "best.onnx: export.py converts a .keras model; this one is ONNX already" \
+        in result.stderr
+    folder = tmp_path / "dir.onnx"
+    folder.mkdir()
+    result = run_main("export.py", os.path.join(run, "best.keras"), "--out", str(folder))
+    assert result.returncode == 2 and "dir.onnx: a folder, not a file" in result.stderr and os.listdir(folder) == []
+    slice_channel = [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["y"])]
+    constants = [helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [1], [v]))
+                 for name, v in (("starts", 0), ("ends", 1), ("axes", 3))]
+    two_inputs = _onnx_model(tmp_path / "two.onnx", [("x", TensorProto.FLOAT), ("z", TensorProto.FLOAT)],
+                             constants + slice_channel)
+    integers = _onnx_model(tmp_path / "int64.onnx", [("raw", TensorProto.INT64)],
+                           [helper.make_node("Cast", ["raw"], ["x"], to=TensorProto.FLOAT)] + constants + slice_channel)
+    Image.new("RGB", (20, 16)).save(tmp_path / "photo.png")
+    for model, expected in ((two_inputs, "two.onnx: the ONNX model has 2 input(s) and 1 output(s)"),
+                            (integers, "int64.onnx: the ONNX model takes tensor(int64), not float32 images")):
+        out = tmp_path / f"masks_{os.path.basename(model)}"
+        result = run_main("predict.py", model, str(tmp_path / "photo.png"), "--out", str(out))
+        assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+        assert not out.exists()  # refused before the folder was made
 
 
 @pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=f"real data not found at {REAL_DATA}")

@@ -8,12 +8,16 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, TINY
+from errors import InputError
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import archive_order  # noqa: E402
+import block_gap  # noqa: E402
 import compare_protocols  # noqa: E402
 import cv_protocol  # noqa: E402
 import ensemble_protocol  # noqa: E402
+import paired_gap  # noqa: E402
 import colour_protocol  # noqa: E402
 import dehair_protocol  # noqa: E402
 import postprocess_variants  # noqa: E402
@@ -220,6 +224,109 @@ def test_colour_protocol_writes_plain_and_corrected_reports(tmp_path, trained_ru
     assert list(plain) == list(corrected) == ["none", "cast"] and set(plain["cast"]) == set(corrected["cast"])
 
 
+def _row(image_id, dice, fraction):
+    return {"id": image_id, "dice": dice, "jaccard": dice, "threshold_jaccard": dice, "sensitivity": 1.0,
+            "specificity": 1.0, "accuracy": 1.0, "lesion_fraction": fraction, "predicted_fraction": fraction}
+
+
+def test_block_gap_golden_gaps_and_size_adjustment():
+    # Outside the block: small lesions at 0.9, large ones at 0.8. Inside: 0.7 and 0.6, and mostly large.
+    rows = [_row("a1", 0.9, 0.05), _row("a2", 0.9, 0.05), _row("a3", 0.8, 0.5), _row("a4", 0.8, 0.5),
+            _row("b1", 0.7, 0.05), _row("b2", 0.6, 0.5), _row("b3", 0.6, 0.5), _row("b4", 0.6, 0.5)]
+    result = block_gap.compare_groups(rows, ("b1", "b9"), resamples=200)
+    assert (result["others"]["n_images"], result["block"]["n_images"]) == (4, 4)
+    assert result["others"]["dice"] == pytest.approx(0.85) and result["block"]["dice"] == pytest.approx(0.625)
+    assert result["gap"] == pytest.approx(0.225)
+    # Band gaps 0.2 and 0.2, weighted 1/4 and 3/4 by the block's bands: 0.2, though the block's
+    # larger (harder) lesions make the raw gap look bigger.
+    assert result["adjusted_gap"] == pytest.approx(0.2)
+    low, high = result["gap_ci"]
+    assert 0 < low <= result["gap"] <= high
+    # Resampled within bands, whose images all score alike here, the interval cannot move.
+    assert result["adjusted_gap_ci"] == pytest.approx((0.2, 0.2))
+    assert result["block"]["by_size"][">30%"]["n_images"] == 3
+    assert block_gap.in_block("b1", ("b1", "b9")) and not block_gap.in_block("a4", ("b1", "b9"))
+    # A band of the block that no other image has: no size-adjusted gap, rather than a wrong one.
+    alone = block_gap.compare_groups(rows[:2] + rows[4:], ("b1", "b9"), resamples=50)
+    assert alone["adjusted_gap"] is None and alone["adjusted_gap_ci"] is None
+    with pytest.raises(ValueError, match="no scored image is inside the block"):
+        block_gap.compare_groups(rows, ("c1", "c9"))
+
+
+def test_block_gap_scores_a_run_split_against_a_block(tmp_path, trained_run, synthetic_dir, capsys):
+    run_dir, _ = trained_run
+    with open(os.path.join(run_dir, "split.json")) as handle:
+        import json
+
+        split = json.load(handle)
+    held_out = sorted(split["val"] + split["test"])
+    block = (held_out[0], held_out[len(held_out) // 2])
+    report = str(tmp_path / "gap.json")
+    assert block_gap.main(["--model", os.path.join(run_dir, "best.keras"), "--data", synthetic_dir,
+                           "--split-file", os.path.join(run_dir, "split.json"), "--block", *block,
+                           "--report", report, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"on val + test ({len(held_out)} images)" in printed and "gap (others - block)" in printed
+    with open(report) as handle:
+        saved = json.load(handle)
+    assert sorted(row["id"] for row in saved["rows"]) == held_out
+    assert saved["block"]["n_images"] == len(held_out) // 2 + 1
+    assert saved["gap"] == pytest.approx(saved["others"]["dice"] - saved["block"]["dice"])
+
+
+def test_paired_gap_golden_contrast_on_shared_images(tmp_path, capsys):
+    """A (trained without the block) loses 0.1 to B inside the block and 0.02 elsewhere: contrast 0.08."""
+    import json
+
+    rows_a = [_row("a1", 0.88, 0.05), _row("a2", 0.78, 0.5), _row("b1", 0.6, 0.05), _row("b2", 0.7, 0.5),
+              _row("c7", 0.5, 0.05)]  # c7: only A scored it, so it is left out
+    rows_b = [_row("a1", 0.9, 0.05), _row("a2", 0.8, 0.5), _row("b1", 0.7, 0.05), _row("b2", 0.8, 0.5),
+              _row("a9", 0.1, 0.05)]
+    differences = paired_gap.paired_differences(rows_a, rows_b, ("b1", "b9"))
+    np.testing.assert_allclose(differences["block"], [0.1, 0.1])
+    np.testing.assert_allclose(differences["others"], [0.02, 0.02])
+    result = paired_gap.compare(differences, resamples=200)
+    assert (result["block"]["n"], result["others"]["n"]) == (2, 2)
+    assert result["contrast"] == pytest.approx(0.08)
+    # Every image differs alike within its group, so no resample can move the means.
+    assert result["contrast_ci"] == pytest.approx((0.08, 0.08)) and result["block"]["ci"] == pytest.approx((0.1, 0.1))
+    with pytest.raises(ValueError, match="share no scored image inside the block"):
+        paired_gap.paired_differences(rows_a, rows_b, ("d1", "d9"))
+
+    paths = []
+    for name, rows in (("a", rows_a), ("b", rows_b)):
+        paths.append(str(tmp_path / f"{name}.json"))
+        with open(paths[-1], "w") as handle:
+            json.dump({"model": f"{name}.keras", "block_ids": ["b1", "b9"], "rows": rows}, handle)
+    assert paired_gap.main([*paths, "--resamples", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "block: +0.1000 (+0.1000 to +0.1000) on 2 images" in printed
+    assert "block minus others: +0.0800" in printed
+    with open(paths[1], "w") as handle:
+        json.dump({"model": "b.keras", "block_ids": ["b1", "b5"], "rows": rows_b}, handle)
+    with pytest.raises(InputError, match="block b1 .. b5 differs from"):
+        paired_gap.main(paths)
+
+
+def test_archive_order_statistics_golden_and_figure(tmp_path, synthetic_dir, capsys):
+    image = np.full((60, 80, 3), (150, 100, 50), np.uint8)
+    image[:20, :20] = 10  # one of four corner squares dark: a quarter of the corner pixels
+    mask = np.zeros((60, 80), bool)
+    mask[20:35, 20:60] = True  # 600 of 4800 pixels
+    stats = archive_order.image_statistics(image, mask)
+    assert stats["lesion_share"] == 0.125 and stats["dark_corners"] == 0.25
+    assert stats["red_minus_blue"] == pytest.approx(100 * (1 - 400 / 4800))
+    blocks = archive_order.block_table([{"id": f"i{k}", **stats, "grey": k} for k in range(5)], 2)
+    assert [(b["first"], b["last"], b["n"], b["grey"]) for b in blocks] == [("i0", "i1", 2, 0.5), ("i2", "i3", 2, 2.5),
+                                                                           ("i4", "i4", 1, 4.0)]
+    figure = str(tmp_path / "order.png")
+    assert archive_order.main(["--data", synthetic_dir, "--block-size", "10", "--folds", "3", "--figure", figure,
+                               "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    table_lines = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert len(table_lines) == 2 + 3 and Image.open(figure).size[0] > 500  # 24 synthetic pairs: 3 blocks
+
+
 def _report(path, dice_by_shift, ids=("a", "b", "c", "d"), fraction=0.2):
     """Writes a protocol report of one group; `dice_by_shift[shift]` lists each image's Dice."""
     import json
@@ -296,6 +403,9 @@ def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
     (dehair_protocol, ["--model", "m.keras", "--data", "d", "--out", "o", "--shifts", "hair", "--figure-real", "f.png"],
      "--figure-real draws the unshifted images: add none to --shifts"),
     (compare_protocols, ["a.json", "b.json", "--resamples", "0"], "--resamples: must be an integer >= 100"),
+    (block_gap, ["--model", "m.keras", "--data", "d", "--block", "b", "a"], "--block b a: the first id sorts after"),
+    (archive_order, ["--data", "d", "--block-size", "0"], "--block-size: must be an integer >= 1"),
+    (paired_gap, ["a.json", "b.json", "--resamples", "5"], "--resamples: must be an integer >= 100"),
 ])
 def test_protocol_scripts_check_their_flags_in_one_line(script, argv, expected, capsys):
     with pytest.raises(SystemExit) as stop:
