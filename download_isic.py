@@ -12,9 +12,11 @@ archives that are not images (`LICENSE.txt`, `ATTRIBUTION.txt`) are skipped and 
 
 import os
 import shutil
+import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 
@@ -77,6 +79,11 @@ def download(url, path, retries=5, progress=True, timeout=60):
                 raise InputError(f"{url}: {error.code} {error.reason}; check the address (--base-url)") from None
             failure = error
         except (urllib.error.URLError, OSError, TimeoutError) as error:
+            if isinstance(getattr(error, "reason", None), socket.gaierror):  # no retry brings the name back
+                host = urllib.parse.urlsplit(url).hostname
+                raise InputError(f"{host}: the host cannot be reached (its name does not resolve: "
+                                 f"{error.reason.strerror}); check the network connection (or --base-url), then "
+                                 "run again to resume") from None
             failure = error
         if attempt < retries:
             print(f"{os.path.basename(path)}: {failure}; resuming ({attempt + 1}/{retries})", file=sys.stderr)
@@ -105,6 +112,7 @@ def unpack(path, target_dir, kind):
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
     extracted = skipped = 0
+    unpacked_from = {}  # base name -> member: two members of one name would leave one file
     with zipfile.ZipFile(path) as archive:
         for member in archive.infolist():
             name = os.path.basename(member.filename)
@@ -115,6 +123,12 @@ def unpack(path, target_dir, kind):
             if not keep or name.startswith("."):
                 skipped += 1
                 continue
+            if name in unpacked_from:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                raise InputError(f"{path}: members {unpacked_from[name]} and {member.filename} would both unpack as "
+                                 f"{name}, and one would replace the other; this is not an ISIC archive as "
+                                 "published: delete it and download again")
+            unpacked_from[name] = member.filename
             with archive.open(member) as source, open(os.path.join(tmp_dir, name), "wb") as target:
                 shutil.copyfileobj(source, target)
             extracted += 1

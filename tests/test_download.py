@@ -152,3 +152,33 @@ def test_retries_flag_is_checked(tmp_path, capsys):
         download_isic.main(["--out", str(tmp_path / "isic"), "--retries", "-1", "--base-url", "http://127.0.0.1:9"])
     assert "--retries: must be an integer >= 0 and <= 100, got -1" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "isic")
+
+
+def test_a_host_that_does_not_resolve_is_said_at_once(tmp_path, monkeypatch):
+    import socket
+    import urllib.error
+
+    calls = []
+
+    def no_dns(request, timeout=None):
+        calls.append(request.full_url)
+        raise urllib.error.URLError(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+
+    monkeypatch.setattr(download_isic.urllib.request, "urlopen", no_dns)
+    with pytest.raises(InputError, match=r"isic.example: the host cannot be reached \(its name does not resolve: "
+                                         r"Name or service not known\); check the network connection"):
+        download_isic.download("https://isic.example/a.zip", str(tmp_path / "a.zip"), retries=5, progress=False)
+    assert len(calls) == 1  # no retries of a name that does not resolve
+
+
+def test_two_members_of_one_name_are_refused_not_merged(tmp_path):
+    path = tmp_path / "odd.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for folder in ("a", "b"):
+            archive.writestr(f"{folder}/ISIC_0000001.jpg", b"jpeg bytes")
+        archive.writestr("ISIC_0000002.jpg", b"jpeg bytes")
+    target = str(tmp_path / "images")
+    with pytest.raises(InputError, match=r"odd.zip: members a/ISIC_0000001.jpg and b/ISIC_0000001.jpg would both "
+                                         r"unpack as ISIC_0000001.jpg"):
+        download_isic.unpack(str(path), target, "images")
+    assert sorted(os.listdir(tmp_path)) == ["odd.zip"]  # no folder, not even the temporary one
