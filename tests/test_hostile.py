@@ -285,7 +285,7 @@ def test_links_and_folders_named_like_images_are_ignored_everywhere(tmp_path, ti
 
 
 def test_synthetic_py_checks_its_flags_and_never_joins_a_real_data_set(tmp_path, capsys):
-    for argv, expected in ((["--num", "0"], "--num: must be an integer >= 1, got 0"),
+    for argv, expected in ((["--num", "0"], "--num: must be an integer >= 1 and <= 100000, got 0"),
                            (["--shape", "0", "5"], "--shape: must be an integer >= 16 and <= 8192, got 0"),
                            (["--seed", "-1"], "--seed: must be an integer >= 0")):
         with pytest.raises(SystemExit):
@@ -352,7 +352,7 @@ def test_predict_with_a_run_folder_lacking_best_keras(tmp_path):
 # 7, 8, 9, 12. Numeric flags are checked when parsed, with their range.
 
 @pytest.mark.parametrize("script, flags, expected", [
-    (train, ["--epochs", "0"], "--epochs: must be an integer >= 1, got 0"),
+    (train, ["--epochs", "0"], "--epochs: must be an integer >= 1 and <= 10000, got 0"),
     (train, ["--epochs", "-3"], "--epochs: must be an integer >= 1"),
     (train, ["--learning-rate", "-1"], "--learning-rate: must be a finite number > 0"),
     (train, ["--learning-rate", "nan"], "--learning-rate: must be a finite number"),
