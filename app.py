@@ -15,9 +15,9 @@ import signal
 import sys
 import threading
 
-import cliargs
-import settings
-from errors import run_cli
+from lesion_unet import cliargs
+from lesion_unet import settings
+from lesion_unet.errors import run_cli
 
 
 def build_parser():
@@ -52,8 +52,8 @@ def serve(model_path, host="127.0.0.1", port=8000, threshold=settings.DEFAULT_TH
     Raises:
         InputError: the model cannot be loaded, or the address cannot be used.
     """
-    import inference
-    import webapp
+    from lesion_unet import inference
+    from lesion_unet import webapp
 
     model = inference.load_model(model_path)
     server = webapp.make_server(model, os.path.basename(model_path), host, port, threshold, max_upload_mb)
@@ -94,11 +94,11 @@ def _stop_on_signals(server):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    import runfolder
+    from lesion_unet import runfolder
 
     model_path = runfolder.model_file(args.model, settings.DEFAULT_MODEL)
     if not model_path.lower().endswith(".onnx"):  # ONNX Runtime runs an exported model without Keras
-        import quiet  # Keras loads only now that the arguments are known to be good
+        from lesion_unet import quiet  # Keras loads only now that the arguments are known to be good
 
         quiet.import_keras()
     serve(model_path, args.host, args.port, args.threshold, args.max_upload_mb)

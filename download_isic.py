@@ -22,9 +22,9 @@ import zipfile
 
 from tqdm.auto import tqdm
 
-import cliargs
-import settings
-from errors import InputError, make_output_dir, run_cli
+from lesion_unet import cliargs
+from lesion_unet import settings
+from lesion_unet.errors import InputError, make_output_dir, run_cli
 
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2018"
 # (archive, sub-folder of --out, images or masks); the first two are the training set.

@@ -15,9 +15,9 @@ The scoring itself is `scoring.py`'s; this file is the command line.
 import os
 import sys
 
-import cliargs
-import runfolder
-from errors import InputError, make_output_dir, run_cli
+from lesion_unet import cliargs
+from lesion_unet import runfolder
+from lesion_unet.errors import InputError, make_output_dir, run_cli
 
 
 def build_parser():
@@ -49,8 +49,8 @@ def build_parser():
 
 def evaluate_predictions(args):
     """`--predictions`: scores a folder of masks against the data folders; no model runs."""
-    import lesion_files
-    import scoring
+    from lesion_unet import lesion_files
+    from lesion_unet import scoring
 
     if args.target is not None:
         raise InputError(f"{args.target}: --predictions scores masks, not a model; drop the model argument")
@@ -78,11 +78,11 @@ def main(argv=None):
     if args.predictions is not None:  # scores masks: no model, no Keras
         return evaluate_predictions(args)
     if not (args.target or "").lower().endswith(".onnx"):  # ONNX Runtime runs an exported model without Keras
-        import quiet  # Keras loads only now that the arguments are known to be good
+        from lesion_unet import quiet  # Keras loads only now that the arguments are known to be good
 
         quiet.import_keras()
-    import inference
-    import scoring
+    from lesion_unet import inference
+    from lesion_unet import scoring
 
     model_path, pairs, description, default_out = scoring.resolve_target(
         args.target, args.data, args.images, args.masks, args.skip_unpaired, args.split)

@@ -15,10 +15,10 @@ import os
 import sys
 import warnings
 
-import cliargs
-import runfolder
-import settings
-from errors import InputError, make_output_dir, run_cli
+from lesion_unet import cliargs
+from lesion_unet import runfolder
+from lesion_unet import settings
+from lesion_unet.errors import InputError, make_output_dir, run_cli
 
 FORMATS = ("onnx",)
 
@@ -27,7 +27,7 @@ def pipeline_description(model, source):
     """Returns the JSON-ready description of the pipeline around an exported network."""
     import keras
 
-    import hair_removal
+    from lesion_unet import hair_removal
 
     height, width = (int(side) for side in model.input_shape[1:3])
     return {
@@ -66,7 +66,7 @@ def export_onnx(model_path, out_path):
     Raises:
         InputError: the model cannot be loaded, the exporter is missing, or the folder is not writable.
     """
-    import inference
+    from lesion_unet import inference
     import numpy as np
 
     model = inference.load_model(model_path)
@@ -115,7 +115,7 @@ def main(argv=None):
     if os.path.isdir(args.out) or os.path.isdir(args.out + ".json"):
         raise InputError(f"{args.out}: a folder, not a file; name the .onnx file to write, e.g. "
                          f"{os.path.join(args.out, 'model.onnx')}")
-    import quiet  # Keras loads only now that the arguments are known to be good
+    from lesion_unet import quiet  # Keras loads only now that the arguments are known to be good
 
     quiet.import_keras()
     description = export_onnx(model_path, args.out)

@@ -12,9 +12,9 @@ import argparse
 import os
 import sys
 
-import cliargs
-import runfolder
-from errors import InputError, run_cli
+from lesion_unet import cliargs
+from lesion_unet import runfolder
+from lesion_unet.errors import InputError, run_cli
 
 GOOD_TYPICAL_HARD = (("good (90th percentile)", 0.9), ("typical (median)", 0.5), ("hard (10th percentile)", 0.1))
 
@@ -32,14 +32,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.run is not None and not os.path.isfile(os.path.join(args.run, runfolder.HISTORY)):
         raise InputError(f"{args.run}: no history.csv; pass a finished run folder")
-    import quiet  # Keras loads only now that the arguments are known to be good
+    from lesion_unet import quiet  # Keras loads only now that the arguments are known to be good
 
     quiet.import_keras()
-    import inference
-    import plots
-    import scoring
-    from model_basic import build_unet
-    from model_improved import build_improved_unet
+    from lesion_unet import inference
+    from lesion_unet import plots
+    from lesion_unet import scoring
+    from lesion_unet.basic_unet import build_unet
+    from lesion_unet.improved_unet import build_improved_unet
 
     os.makedirs(args.out, exist_ok=True)
     plots.save_architecture_figure(build_improved_unet(), os.path.join(args.out, "architecture_improved.png"))

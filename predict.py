@@ -12,10 +12,11 @@ the image.
 import os
 import sys
 
-import cliargs
-import runfolder
-import settings
-from errors import InputError, make_output_dir, run_cli
+from lesion_unet import cliargs
+from lesion_unet import runfolder
+from lesion_unet import settings
+from lesion_unet.errors import InputError, make_output_dir, run_cli
+from lesion_unet.lesion_files import sample_id_of
 
 OUTPUT_SUFFIXES = ("_segmentation.png", "_overlay.png")
 
@@ -85,7 +86,7 @@ def check_outputs(paths, out, overlay=False, overwrite=False):
     Raises:
         InputError: a file would be replaced that this tool did not write, naming it and the count.
     """
-    import lesion_files
+    from lesion_unet import lesion_files
 
     if overwrite or not os.path.isdir(out):
         return
@@ -98,14 +99,9 @@ def check_outputs(paths, out, overlay=False, overwrite=False):
                          "replaced; choose another --out, or add --overwrite to replace them")
 
 
-def sample_id_of(path):
-    """Returns the id a mask is named after: the image's file name without its extension."""
-    return os.path.splitext(os.path.basename(path))[0]
-
-
 def write_mask(mask, path):
     """Writes a boolean mask as a 0/255 single-channel PNG (`inference.encode_mask_png`), atomically."""
-    import inference
+    from lesion_unet import inference
 
     data = inference.encode_mask_png(mask)
     with runfolder.atomic_write(path) as tmp_path, open(tmp_path, "wb") as handle:
@@ -150,12 +146,12 @@ def main(argv=None):
     if not inputs:
         raise InputError("no input images given; pass image files or folders after the model")
     if not model_path.lower().endswith(".onnx"):  # ONNX Runtime runs an exported model without Keras
-        import quiet  # Keras loads only now that the arguments are known to be good
+        from lesion_unet import quiet  # Keras loads only now that the arguments are known to be good
 
         quiet.import_keras()
-    import inference
-    import lesion_files
-    import plots
+    from lesion_unet import inference
+    from lesion_unet import lesion_files
+    from lesion_unet import plots
 
     inference.check_model_file(model_path)  # the cheap checks first, in the order of the command line
     paths = collect_images(inputs)

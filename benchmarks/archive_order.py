@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
 
 CORNER = 20  # pixels of each corner's square, at the images' own size
 DARK_LEVEL = 40
@@ -82,7 +82,7 @@ def plot(blocks, fold_starts, block_size, path):
     """
     from matplotlib.figure import Figure
 
-    import plots
+    from lesion_unet import plots
 
     figure = Figure(figsize=(9, 2.0 * len(STATISTICS)))
     axes = figure.subplots(len(STATISTICS), 1, sharex=True)
@@ -111,7 +111,7 @@ def main(argv=None):
                         help="hide the progress bar (default: shown)")
     args = parser.parse_args(argv)
 
-    import lesion_files
+    from lesion_unet import lesion_files
     from tqdm import tqdm
 
     pairs = lesion_files.find_pairs(*lesion_files.resolve_folders(args.data))

@@ -49,8 +49,8 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="model or run folder for app.py (default: the pre-trained model)")
     args = parser.parse_args(argv)
 
-    import lesion_files
-    import synthetic
+    from lesion_unet import lesion_files
+    from lesion_unet import synthetic
 
     uploads = [("synthetic_512x384.png", lesion_files.encode_png(synthetic.make_sample(5, (384, 512))[0])),
                ("photo_4000x3000.jpg", _photo((4000, 3000), "JPEG")),

@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import metrics  # noqa: E402
-from distribution import set_mixed_precision  # noqa: E402
-from model_basic import build_unet  # noqa: E402
-from model_improved import build_improved_unet  # noqa: E402
+from lesion_unet import losses  # noqa: E402
+from lesion_unet.distribution import set_mixed_precision  # noqa: E402
+from lesion_unet.basic_unet import build_unet  # noqa: E402
+from lesion_unet.improved_unet import build_improved_unet  # noqa: E402
 
 BUILDERS = {"improved": build_improved_unet, "basic": build_unet}
 
@@ -82,8 +82,8 @@ def measure(model_name, image_size, precision, batch_size, step, min_seconds, mi
     keras.utils.set_random_seed(0)
     kwargs = {} if base_filters is None else {"base_filters": base_filters}
     model = BUILDERS[model_name](image_size, **kwargs)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=metrics.SegmentationLoss("dice_bce"),
-                  metrics=metrics.training_metrics(), jit_compile=step == "xla", run_eagerly=step == "eager")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.SegmentationLoss("dice_bce"),
+                  metrics=losses.training_metrics(), jit_compile=step == "xla", run_eagerly=step == "eager")
     rng = np.random.default_rng(0)
     images = rng.random((batch_size, *image_size, 3), dtype=np.float32)
     masks = (rng.random((batch_size, *image_size, 1)) > 0.5).astype(np.float32)

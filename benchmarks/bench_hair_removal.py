@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
 
 
 def _size(text):
@@ -34,8 +34,8 @@ def write_images(folder, size, count):
     """`count` synthetic lesion JPEGs of `size` with drawn hairs; returns their paths."""
     from PIL import Image
 
-    import dataGenerator
-    import synthetic
+    from lesion_unet import data as dataGenerator
+    from lesion_unet import synthetic
 
     paths = []
     for index in range(count):
@@ -64,13 +64,13 @@ def main(argv=None):
                         help="time the first --count images of this folder instead of synthetic ones (default: none)")
     args = parser.parse_args(argv)
 
-    import quiet
+    from lesion_unet import quiet
 
     quiet.import_keras()
-    import hair_removal
-    import inference
-    import lesion_files
-    import settings
+    from lesion_unet import hair_removal
+    from lesion_unet import inference
+    from lesion_unet import lesion_files
+    from lesion_unet import settings
 
     model = inference.load_model(args.model or settings.DEFAULT_MODEL)
     input_size = inference.model_image_size(model)

@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cache  # noqa: E402
-import dataGenerator  # noqa: E402
-import runfolder  # noqa: E402
-import synthetic  # noqa: E402
+from lesion_unet import cache  # noqa: E402
+from lesion_unet import data as dataGenerator  # noqa: E402
+from lesion_unet import runfolder  # noqa: E402
+from lesion_unet import synthetic  # noqa: E402
 
 
 def write_full_size_pairs(folder, count, full_size, distinct, seed):

@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import settings  # noqa: E402
+from lesion_unet import settings  # noqa: E402
 
 
 def images_per_second(model, batch, seconds):
@@ -36,8 +36,8 @@ def main(argv=None):
     import numpy as np
 
     import export
-    import inference
-    import quiet
+    from lesion_unet import inference
+    from lesion_unet import quiet
 
     quiet.import_keras()
     with tempfile.TemporaryDirectory() as folder:

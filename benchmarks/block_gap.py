@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
 
 BOOTSTRAP_RESAMPLES = 10_000
 GROUPS = ("others", "block")
@@ -39,7 +39,7 @@ def in_block(image_id, block):
 
 
 def _band_of(rows):
-    import metrics
+    from lesion_unet import metrics
 
     return np.array([metrics.size_band(row["lesion_fraction"]) for row in rows])
 
@@ -57,7 +57,7 @@ def size_adjusted_gap(others, block):
     Returns:
         The weighted gap, or `None` when a band that holds block images has none among the others.
     """
-    import metrics
+    from lesion_unet import metrics
 
     gap = 0.0
     for name, _, _ in metrics.SIZE_BANDS:
@@ -117,7 +117,7 @@ def compare_groups(rows, block, resamples=BOOTSTRAP_RESAMPLES):
     Raises:
         ValueError: one of the groups is empty, so there is nothing to compare.
     """
-    import metrics
+    from lesion_unet import metrics
 
     groups = {"block": [row for row in rows if in_block(row["id"], block)],
               "others": [row for row in rows if not in_block(row["id"], block)]}
@@ -151,7 +151,7 @@ def _interval(ci):
 
 def table(result):
     """The comparison as a Markdown table, one row per group, then the gaps."""
-    import metrics
+    from lesion_unet import metrics
 
     bands = [name for name, _, _ in metrics.SIZE_BANDS]
     lines = ["| images | n | Dice | thr. Jaccard | " + " | ".join(f"Dice {band} (n)" for band in bands)
@@ -193,15 +193,15 @@ def main(argv=None):
     if args.block[0] > args.block[1]:
         parser.error(f"--block {args.block[0]} {args.block[1]}: the first id sorts after the last; swap them")
 
-    import quiet
+    from lesion_unet import quiet
 
     quiet.import_keras()
-    import dataGenerator
-    import inference
-    import runfolder
-    import scoring
-    import settings
-    from errors import InputError
+    from lesion_unet import data as dataGenerator
+    from lesion_unet import inference
+    from lesion_unet import runfolder
+    from lesion_unet import scoring
+    from lesion_unet import settings
+    from lesion_unet.errors import InputError
 
     pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(args.data))
     if args.split_file:

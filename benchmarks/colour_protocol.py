@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shift_protocol, beside this file
 
-import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
 import shift_protocol  # noqa: E402
 
 MINKOWSKI_P = 6  # Finlayson and Trezzi's choice, and the one used for dermoscopy since
@@ -60,10 +60,10 @@ def main(argv=None):
                         help="conditions to score (default: the five and cast)")
     args = parser.parse_args(argv)
 
-    import quiet
+    from lesion_unet import quiet
 
     quiet.import_keras()
-    import inference
+    from lesion_unet import inference
 
     shift_protocol.score_arms(inference.load_model(args.model), shift_protocol.split_part(args.data, args.seed),
                               args.shifts, [("plain", None), ("sog", shades_of_gray)], args.out, args.model)

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
 
 BOOTSTRAP_RESAMPLES = 10_000
 
@@ -61,8 +61,8 @@ def load_report(path):
 def training_seconds(groups):
     """Sums the training clocks of the runs behind a report's groups, or returns `None` when a group
     is not (inside) a run folder with a `history.csv`."""
-    import plots
-    import runfolder
+    from lesion_unet import plots
+    from lesion_unet import runfolder
 
     total = 0.0
     for group in groups:
@@ -108,7 +108,7 @@ def compare(paths, labels=None, resamples=BOOTSTRAP_RESAMPLES, only_shifts=None)
         ValueError: fewer than two reports, labels that do not match, reports of different images
             or shifts, or an `only_shifts` condition that a report lacks.
     """
-    import metrics
+    from lesion_unet import metrics
 
     labels = list(labels) if labels else list(paths)
     if len(paths) < 2:
@@ -195,7 +195,7 @@ def main(argv=None):
                              "protocol's mean of a report that also has hair (default: all the reports')")
     parser.add_argument("--out", default=None, help="also write the table here (default: print only)")
     args = parser.parse_args(argv)
-    import quiet
+    from lesion_unet import quiet
 
     quiet.import_keras()  # metrics.py's size bands come with Keras; without its start-up noise
     try:
@@ -204,7 +204,7 @@ def main(argv=None):
         parser.error(str(error))
     print(text)
     if args.out:
-        import runfolder
+        from lesion_unet import runfolder
 
         with runfolder.atomic_write(args.out) as tmp_path, open(tmp_path, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")

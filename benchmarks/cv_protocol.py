@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
 import shift_protocol  # noqa: E402 (beside this file; imports no Keras)
 
 
@@ -34,7 +34,7 @@ def fold_dirs(out, folds):
 
 def fold_arguments(out, folds, train_args):
     """Returns `{fold index: train.py arguments}` for the folds still to train (or to resume)."""
-    import runfolder
+    from lesion_unet import runfolder
 
     todo = {}
     for index, run in enumerate(fold_dirs(out, folds)):
@@ -132,7 +132,7 @@ def main(argv=None):
     if any(flag in train_args for flag in ("--out", "--folds", "--fold", "--resume", "--overwrite")):
         parser.error("--out, --folds, --fold, --resume and --overwrite are this script's to set")
 
-    import runfolder
+    from lesion_unet import runfolder
 
     runs = run_folds(args.out, args.folds, train_args, args.parallel)
     results = shift_protocol.score_runs(runs, args.shifts or shift_protocol.SHIFTS)

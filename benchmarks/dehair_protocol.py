@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shift_protocol, beside this file
 
-import cliargs  # noqa: E402 (the project folder, added above)
-import hair_removal  # noqa: E402
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import hair_removal  # noqa: E402
 import shift_protocol  # noqa: E402
 
 HAIRY_SHARE = 0.25  # the real-hair subset: this share of the unshifted images, most hair first
@@ -44,7 +44,7 @@ CHANGED = 0.01  # a change of Dice counted as a gain or a loss of one image
 def hairiest(pairs, share=HAIRY_SHARE, level=FIRST_LEVEL):
     """Ids of the `share` of `pairs` whose unshifted images have the largest `hair_mask` area at `level`
     (the first trial's, so the subset stays the same whichever level is scored), and every image's area."""
-    import dataGenerator
+    from lesion_unet import data as dataGenerator
 
     fractions = {pair.id: float(np.mean(hair_removal.hair_mask(dataGenerator.read_image(pair.image_path), level) > 0))
                  for pair in pairs}
@@ -85,11 +85,11 @@ def main(argv=None):
 
     import functools
 
-    import quiet
+    from lesion_unet import quiet
 
     quiet.import_keras()
-    import inference
-    import runfolder
+    from lesion_unet import inference
+    from lesion_unet import runfolder
 
     model = inference.load_model(args.model)
     pairs = shift_protocol.split_part(args.data, args.seed, args.split)[: args.limit]
@@ -127,9 +127,9 @@ def save_figure(model, pairs, plain_rows, dehaired_rows, preprocess, path, shift
     """Draws the pairs of the rows with the largest gain, the median change and the largest loss of
     Dice under `shift`, as the model sees them without and with `preprocess`
     (`plots.save_before_after_figure`)."""
-    import dataGenerator
-    import inference
-    import plots
+    from lesion_unet import data as dataGenerator
+    from lesion_unet import inference
+    from lesion_unet import plots
 
     dice = {"before": {row["id"]: row["dice"] for row in plain_rows},
             "after": {row["id"]: row["dice"] for row in dehaired_rows}}

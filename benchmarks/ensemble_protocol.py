@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shift_protocol, beside this file
 
-import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
 import shift_protocol  # noqa: E402
 
 MAX_MODELS = 4  # 15 groups; more would score too many groups to read
@@ -44,8 +44,8 @@ def score_ensembles(models, pairs, threshold=0.5, postprocess=True, progress=Tru
     Returns:
         `{letters: {shift: rows}}`, rows as `shift_protocol.score_shifted` gives.
     """
-    import inference
-    import metrics
+    from lesion_unet import inference
+    from lesion_unet import metrics
 
     names = group_names(len(models))
     results = {name: {shift: [] for shift in shift_protocol.SHIFTS} for name in names}
@@ -75,11 +75,11 @@ def main(argv=None):
     if not 2 <= len(args.models) <= MAX_MODELS:
         parser.error(f"--models: give 2 to {MAX_MODELS} models, got {len(args.models)}")
 
-    import quiet
+    from lesion_unet import quiet
 
     quiet.import_keras()
-    import inference
-    import runfolder
+    from lesion_unet import inference
+    from lesion_unet import runfolder
 
     models = [inference.load_model(path) for path in args.models]
     results = score_ensembles(models, shift_protocol.split_part(args.data, args.seed), args.threshold)

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
 from block_gap import BOOTSTRAP_RESAMPLES, GROUPS, in_block  # noqa: E402
 
 
@@ -101,8 +101,8 @@ def main(argv=None):
                         help="bootstrap resamples (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    import runfolder
-    from errors import InputError
+    from lesion_unet import runfolder
+    from lesion_unet.errors import InputError
 
     reports = [runfolder.read_json(path, "a block_gap.py report") for path in (args.report_a, args.report_b)]
     for path, content in zip((args.report_a, args.report_b), reports):

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shift_protocol, beside this file
 
-import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
 import shift_protocol  # noqa: E402
 
 CLOSING_RADIUS = 5  # pixels at the masks' 256x192: about 2% of the short side
@@ -29,7 +29,7 @@ LARGE_FRACTION = 0.3  # the issue's top lesion-size band: hull_large takes the h
 
 
 def _largest(mask, probability):
-    import inference
+    from lesion_unet import inference
 
     return inference.postprocess_mask(mask)
 
@@ -88,7 +88,7 @@ def score_variants(model, pairs, variants=tuple(VARIANTS), threshold=0.5, progre
     Returns:
         `{variant: {shift: rows}}`, rows as `shift_protocol.score_shifted` gives.
     """
-    import metrics
+    from lesion_unet import metrics
 
     results = {name: {shift: [] for shift in shift_protocol.SHIFTS} for name in variants}
     for pair, shift, truth, probability in shift_protocol.shifted_probabilities(model, pairs, progress=progress):
@@ -112,11 +112,11 @@ def main(argv=None):
                         help="probability threshold, 0 to 1 (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    import quiet
+    from lesion_unet import quiet
 
     quiet.import_keras()
-    import inference
-    import runfolder
+    from lesion_unet import inference
+    from lesion_unet import runfolder
 
     results = score_variants(inference.load_model(args.model), shift_protocol.split_part(args.data, args.seed),
                              args.variants, args.threshold)

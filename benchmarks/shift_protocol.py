@@ -28,7 +28,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
 
 SHIFTS = ("none", "zoom", "dark", "vignette", "blur")
 # Scored only when asked (`--shifts ... hair`), so the protocol's five-condition mean, on which every
@@ -51,7 +51,7 @@ def _image_seed(image):
 
 def draw_hairs(image, count=HAIRS):
     """`dataGenerator.draw_hairs` seeded by the image's pixels, so each image always gets the same hairs."""
-    import dataGenerator
+    from lesion_unet import data as dataGenerator
 
     return dataGenerator.draw_hairs(image, np.random.default_rng(_image_seed(image)), count)
 
@@ -134,7 +134,7 @@ def predict_scales(model, images, scales=(1.0,), tta=False):
     """
     import cv2
 
-    import inference
+    from lesion_unet import inference
 
     height, width = images.shape[1:3]
     total = np.zeros(images.shape[:3], dtype=np.float32)
@@ -157,8 +157,8 @@ def shifted_probabilities(model, pairs, shifts=SHIFTS, batch_size=16, progress=T
     """
     from tqdm.auto import tqdm
 
-    import dataGenerator
-    import inference
+    from lesion_unet import data as dataGenerator
+    from lesion_unet import inference
 
     size = inference.model_image_size(model)
     with tqdm(total=len(pairs) * len(shifts), desc="Scoring", unit="img", disable=not progress) as bar:
@@ -184,8 +184,8 @@ def score_shifted(model, pairs, shifts=SHIFTS, batch_size=16, postprocess=True, 
     Returns:
         `{shift: rows}`, each row as `scoring.evaluate_pairs` gives (with `lesion_fraction`).
     """
-    import inference
-    import metrics
+    from lesion_unet import inference
+    from lesion_unet import metrics
 
     results = {shift: [] for shift in shifts}
     for pair, shift, truth, probability in shifted_probabilities(model, pairs, shifts, batch_size, progress,
@@ -210,7 +210,7 @@ def score_arms(model, pairs, shifts, arms, out, model_label):
     Returns:
         `{name: {shift: rows}}`; each arm's mean Dice per shift is printed as it finishes.
     """
-    import runfolder
+    from lesion_unet import runfolder
 
     reports = {}
     for name, preprocess in arms:
@@ -224,7 +224,7 @@ def score_arms(model, pairs, shifts, arms, out, model_label):
 def table(results_by_group):
     """Markdown table: for each shift, mean Dice overall and by band (pooled), with the spread over
     groups (folds) when there are several."""
-    import metrics
+    from lesion_unet import metrics
 
     bands = [name for name, _, _ in metrics.SIZE_BANDS]
     lines = ["| shift | images | Dice | " + " | ".join(f"Dice {band}" for band in bands) + " | thr. Jaccard |",
@@ -267,11 +267,11 @@ def main(argv=None):
     if not args.runs and not (args.model and args.data):
         parser.error("give --runs RUN..., or --model MODEL --data DIR")
 
-    import quiet
+    from lesion_unet import quiet
 
     quiet.import_keras()  # without TensorFlow's start-up noise
-    import inference
-    import runfolder
+    from lesion_unet import inference
+    from lesion_unet import runfolder
 
     results = {}
     if args.model:
@@ -287,7 +287,7 @@ def main(argv=None):
 
 def split_part(data, seed=0, part="val"):
     """The pairs of `data` in one part (`"val"` or `"test"`) of `train.py`'s seeded 80/10/10 split."""
-    import dataGenerator
+    from lesion_unet import data as dataGenerator
 
     pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(data))
     return dataGenerator.select_pairs(pairs, dataGenerator.split_pairs(pairs, seed=seed)[part])
@@ -299,9 +299,9 @@ def score_runs(runs, shifts=SHIFTS, progress=True):
     Returns:
         `{run: {shift: rows}}`.
     """
-    import dataGenerator
-    import inference
-    import runfolder
+    from lesion_unet import data as dataGenerator
+    from lesion_unet import inference
+    from lesion_unet import runfolder
 
     results = {}
     for run in runs:

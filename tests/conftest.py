@@ -1,5 +1,6 @@
-"""Shared fixtures: small synthetic data sets in the ISIC layout, one tiny trained run, the project
-root on sys.path, and two ways to run a script: in this process (fast) or in a fresh one."""
+"""Shared fixtures: small synthetic data sets in the ISIC layout, one tiny trained run, and two ways
+to run a script: in this process (fast) or in a fresh one. `pytest.ini` puts the project's root on
+the import path (`pythonpath`)."""
 
 import collections
 import contextlib
@@ -11,10 +12,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from lesion_unet import synthetic
 
-import synthetic  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 REAL_DATA = os.path.join(ROOT, "..", "shared", "data", "isic2017")
 # train.py flags for a run of seconds: a 4-filter basic U-Net on 32x32 images, run eagerly. Tests of
@@ -64,7 +64,7 @@ def run_main(script, *args):
     Returns:
         A `Result(returncode, stdout, stderr)`, as `run_script` gives.
     """
-    from errors import run_cli
+    from lesion_unet.errors import run_cli
 
     module = importlib.import_module(script.removesuffix(".py"))
     out, err = io.StringIO(), io.StringIO()
@@ -136,6 +136,8 @@ JAX_FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 def run_script(*args, env=None, timeout=600):
     """Runs one of the project's scripts in a fresh Python process from the project root."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    # PYTHONPATH: a script under tests/ or benchmarks/ imports the package as the root's scripts do.
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True, text=True,
                           timeout=timeout)

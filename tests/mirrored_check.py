@@ -9,7 +9,6 @@ import os
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
@@ -19,10 +18,10 @@ tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfigu
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import dataGenerator  # noqa: E402
-import distribution  # noqa: E402
-import metrics  # noqa: E402
-from model_improved import build_improved_unet  # noqa: E402
+from lesion_unet import data as dataGenerator  # noqa: E402
+from lesion_unet import distribution  # noqa: E402
+from lesion_unet import losses  # noqa: E402
+from lesion_unet.improved_unet import build_improved_unet  # noqa: E402
 
 
 def train(data_dir, scope, initial_weights):
@@ -37,8 +36,8 @@ def train(data_dir, scope, initial_weights):
         # SGD, not Adam: Adam divides by the root of the squared gradients, which turns the float
         # round-off in gradients that are zero in exact arithmetic (conv biases before a norm) into
         # steps of the full learning rate, so its weights cannot be compared tightly.
-        model.compile(optimizer=keras.optimizers.SGD(0.02), loss=metrics.SegmentationLoss("dice_bce"),
-                      metrics=metrics.training_metrics())
+        model.compile(optimizer=keras.optimizers.SGD(0.02), loss=losses.SegmentationLoss("dice_bce"),
+                      metrics=losses.training_metrics())
     weights = model.get_weights()
     history = model.fit(dataset, epochs=2, verbose=0, shuffle=False)  # as train.py
     return weights, history.history["loss"], model.get_weights()

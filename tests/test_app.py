@@ -17,19 +17,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import settings
-import synthetic
+from lesion_unet import settings
+from lesion_unet import synthetic
 from conftest import ROOT, run_main
 
 
 @pytest.fixture(scope="session")  # session: a worker that runs another module between would load it again
 def server():
     """The app around the pre-trained model, on a free port of 127.0.0.1, served from a thread."""
-    import quiet
+    from lesion_unet import quiet
 
     quiet.import_keras()
-    import inference
-    import webapp
+    from lesion_unet import inference
+    from lesion_unet import webapp
 
     model = inference.load_model(settings.DEFAULT_MODEL)
     app = webapp.make_server(model, os.path.basename(settings.DEFAULT_MODEL), "127.0.0.1", 0)
@@ -159,7 +159,7 @@ def test_a_12000x9000_photo_is_segmented_at_its_own_size(server):
 
 
 def test_too_large_an_upload_is_refused_with_the_limit(server):
-    import webapp
+    from lesion_unet import webapp
 
     small = webapp.make_server(server.segmenter.model, "m", "127.0.0.1", 0, max_upload_mb=0.001)
     thread = threading.Thread(target=small.serve_forever, daemon=True)
@@ -176,7 +176,7 @@ def test_too_large_an_upload_is_refused_with_the_limit(server):
 @contextlib.contextmanager
 def served(model, **options):
     """Another app server around `model`, on a free port of 127.0.0.1, for tests that change its limits."""
-    import webapp
+    from lesion_unet import webapp
 
     app = webapp.make_server(model, "m", "127.0.0.1", 0, **options)
     thread = threading.Thread(target=app.serve_forever, daemon=True)
@@ -209,7 +209,7 @@ def test_a_negative_content_length_is_refused_at_once(server):
 
 
 def test_half_sent_requests_are_dropped_after_the_timeout(server, monkeypatch):
-    import webapp
+    from lesion_unet import webapp
 
     monkeypatch.setattr(webapp._Handler, "timeout", 1)
     with served(server.segmenter.model) as app:
@@ -294,8 +294,8 @@ def test_pages_and_result_files_that_do_not_exist_are_404(server):
 
 
 def test_a_taken_port_is_one_clear_error(server):
-    import webapp
-    from errors import InputError
+    from lesion_unet import webapp
+    from lesion_unet.errors import InputError
 
     with pytest.raises(InputError, match=f"127.0.0.1:{server.server_address[1]}: cannot listen here.*--port"):
         webapp.make_server(server.segmenter.model, "m", "127.0.0.1", server.server_address[1])

@@ -13,15 +13,15 @@ def test_one_training_step_on_jax(synthetic_dir):
     code = textwrap.dedent(f"""
         import os, keras, numpy as np
         assert keras.backend.backend() == "jax"
-        import dataGenerator, metrics
-        from model_improved import build_improved_unet
+        from lesion_unet import data as dataGenerator, losses
+        from lesion_unet.improved_unet import build_improved_unet
         pairs = dataGenerator.find_pairs(os.path.join({synthetic_dir!r}, "images"), os.path.join({synthetic_dir!r}, "masks"))
         data = dataGenerator.LesionDataset(pairs[:4], (32, 32), 4, augment=True, progress=False)
         images, masks = data[0]
         # Every block of the Improved U-Net, at a depth that JAX compiles in seconds rather than
         # minutes; the basic U-Net trains under JAX in test_distribution.py.
         model = build_improved_unet((32, 32), base_filters=4, depth=3)
-        model.compile(optimizer="adam", loss=metrics.SegmentationLoss(), metrics=metrics.training_metrics())
+        model.compile(optimizer="adam", loss=losses.SegmentationLoss(), metrics=losses.training_metrics())
         before = [w.copy() for w in model.get_weights()]
         logs = model.train_on_batch(images, masks, return_dict=True)
         assert np.isfinite(logs["loss"]) and 0 <= logs["dice"] <= 1, logs

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-import cache
-import dataGenerator
+from lesion_unet import cache
+from lesion_unet import data as dataGenerator
 from conftest import TINY, run_main
-from dataGenerator import InputError
+from lesion_unet.data import InputError
 
 
 @pytest.fixture()

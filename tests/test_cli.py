@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import quiet
+from lesion_unet import quiet
 from conftest import ROOT, TINY, TINY_GRAPH, TINY_GRAPH_AUTO_PRECISION, run_main, run_script
-from errors import InputError
-from metrics import REPORT_METRICS
+from lesion_unet.errors import InputError
+from lesion_unet.metrics import REPORT_METRICS
 
 
 def _one_error_line(result):
@@ -151,7 +151,7 @@ def test_demo_default_uses_synthetic_data(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(synthetic demo)" in result.stdout and "test Dice" in result.stdout and "| 1 epoch," in result.stdout
     assert len(os.listdir(os.path.join(run_dir, "synthetic_data", "images"))) == 240
-    import distribution  # not asked, so chosen for this machine's CPU and named on the run's first line
+    from lesion_unet import distribution  # not asked, so chosen for this machine's CPU and named on the run's first line
 
     with open(os.path.join(run_dir, "config.json")) as handle:
         config = json.load(handle)
@@ -176,7 +176,7 @@ def test_existing_run_folder_is_not_overwritten(trained_run, synthetic_dir):
 def test_float_range_keeps_and_names_its_bounds(kwargs, accepted, refused, bounds):
     import argparse
 
-    import cliargs
+    from lesion_unet import cliargs
 
     parse = cliargs.float_range(**kwargs)
     assert [parse(text) for text in accepted] == [float(text) for text in accepted]
@@ -323,7 +323,7 @@ def test_init_starts_from_a_saved_models_weights(basic_run, synthetic_dir, tmp_p
 
 
 def test_training_noise_is_filtered_as_it_comes_and_real_lines_pass(capfd):
-    import quiet
+    from lesion_unet import quiet
 
     with quiet.live_filtered_stderr():
         os.write(2, b"E0000 00:00:1 12 util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512. "

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-import dataGenerator
-import lesion_files
-from dataGenerator import InputError, LesionDataset, find_pairs, read_image, read_mask, split_pairs
+from lesion_unet import data as dataGenerator
+from lesion_unet import lesion_files
+from lesion_unet.data import InputError, LesionDataset, find_pairs, read_image, read_mask, split_pairs
 
 
 def _write_pair(root, sample_id, ext=".jpg", shape=(20, 30), mask_shape=None, value=255):
@@ -200,7 +200,7 @@ def test_augmentation_is_deterministic_per_seed_epoch_and_batch(synthetic_dir):
 
 
 def test_padding_for_equal_shards_repeats_samples_with_zero_weight(synthetic_dir):
-    from distribution import ShardedBatches
+    from lesion_unet.distribution import ShardedBatches
 
     pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:7]
     plain = LesionDataset(pairs, (16, 16), 4, progress=False)
@@ -214,7 +214,7 @@ def test_padding_for_equal_shards_repeats_samples_with_zero_weight(synthetic_dir
 
 
 def test_shards_of_a_batch_put_together_are_the_whole_batch(synthetic_dir):
-    from distribution import ShardedBatches
+    from lesion_unet.distribution import ShardedBatches
 
     pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:11]
     options = dict(image_size=(16, 16), batch_size=4, augment=True, shuffle=True, seed=2, progress=False)
@@ -238,7 +238,7 @@ def test_shards_of_a_batch_put_together_are_the_whole_batch(synthetic_dir):
     (4, (2, 2), "0 <= index < count"),
 ])
 def test_bad_shards_are_clear_errors(synthetic_dir, batch_size, shard, message):
-    from distribution import ShardedBatches
+    from lesion_unet.distribution import ShardedBatches
 
     pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:2]
     with pytest.raises(ValueError, match=message):
@@ -247,16 +247,17 @@ def test_bad_shards_are_clear_errors(synthetic_dir, batch_size, shard, message):
 
 def test_zero_weight_padding_leaves_the_validation_metrics_unchanged(synthetic_dir):
     keras = pytest.importorskip("keras")
-    import metrics
-    from distribution import ShardedBatches
-    from model_improved import build_improved_unet
+    from lesion_unet import losses
+    from lesion_unet import metrics
+    from lesion_unet.distribution import ShardedBatches
+    from lesion_unet.improved_unet import build_improved_unet
 
     pairs = find_pairs(os.path.join(synthetic_dir, "images"), os.path.join(synthetic_dir, "masks"))[:7]
     plain = LesionDataset(pairs, (16, 16), 7, progress=False)
     padded = ShardedBatches(plain, pad_to_multiple=4)
     keras.utils.set_random_seed(0)
     model = build_improved_unet((16, 16), base_filters=2, depth=2)
-    model.compile(loss=metrics.SegmentationLoss("dice"), weighted_metrics=metrics.training_metrics())  # as training.py
+    model.compile(loss=losses.SegmentationLoss("dice"), weighted_metrics=losses.training_metrics())  # as training.py
     # The padded copy repeats an image whose Dice differs from the mean: only weight 0 keeps it out.
     expected = model.evaluate(plain, verbose=0, return_dict=True)
     got = model.evaluate(padded, verbose=0, return_dict=True)

@@ -34,7 +34,6 @@ def test_train_py_runs_mirrored_on_two_cpu_devices(synthetic_dir, tmp_path):
     script = ("import sys, tensorflow as tf\n"
               "cpu = tf.config.list_physical_devices('CPU')[0]\n"
               "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
-              f"sys.path.insert(0, {ROOT!r})\n"
               "import train\n"
               "sys.exit(train.main(sys.argv[1:]))\n")
     result = run_script("-c", script, "--data", synthetic_dir, "--out", str(tmp_path / "run"), "--epochs", "1",
@@ -137,7 +136,7 @@ def test_jax_multi_worker_without_keras_variables_is_a_clear_error(synthetic_dir
     ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}, (True, "chief0")),
 ])
 def test_multi_worker_role_from_tf_config(monkeypatch, tf_config, expected):
-    import distribution
+    from lesion_unet import distribution
 
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -153,7 +152,7 @@ def test_multi_worker_role_from_tf_config(monkeypatch, tf_config, expected):
     ({"KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": "1"}, (False, "process1")),
 ])
 def test_multi_worker_role_from_keras_variables(monkeypatch, variables, expected):
-    import distribution
+    from lesion_unet import distribution
 
     for name in distribution.JAX_PROCESS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -163,7 +162,7 @@ def test_multi_worker_role_from_keras_variables(monkeypatch, variables, expected
 
 
 def test_bad_process_id_is_a_clear_error(monkeypatch):
-    import distribution
+    from lesion_unet import distribution
 
     monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
     monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "first")
@@ -172,7 +171,7 @@ def test_bad_process_id_is_a_clear_error(monkeypatch):
 
 
 def test_bad_tf_config_is_a_clear_error(monkeypatch):
-    import distribution
+    from lesion_unet import distribution
 
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG: expected JSON"):
@@ -183,10 +182,11 @@ def test_bad_tf_config_is_a_clear_error(monkeypatch):
 def test_mixed_precision_on_a_cpu_is_bfloat16_with_a_float32_output(builder):
     import keras
 
-    import distribution
-    import metrics
-    from model_basic import build_unet
-    from model_improved import build_improved_unet
+    from lesion_unet import distribution
+    from lesion_unet import losses
+    from lesion_unet import metrics
+    from lesion_unet.basic_unet import build_unet
+    from lesion_unet.improved_unet import build_improved_unet
 
     try:
         assert distribution.set_mixed_precision(True) == "mixed_bfloat16"  # the suite runs without a GPU
@@ -197,7 +197,7 @@ def test_mixed_precision_on_a_cpu_is_bfloat16_with_a_float32_output(builder):
         assert all(weight.dtype == "float32" for weight in model.weights)
         assert keras.backend.standardize_dtype(model.outputs[0].dtype) == "float32"
         prediction = model(keras.ops.ones((1, 16, 16, 3)))
-        loss = metrics.SegmentationLoss("dice_bce")(keras.ops.ones((1, 16, 16, 1)), prediction)
+        loss = losses.SegmentationLoss("dice_bce")(keras.ops.ones((1, 16, 16, 1)), prediction)
         assert keras.backend.standardize_dtype(loss.dtype) == "float32"
     finally:
         assert distribution.set_mixed_precision(False) == "float32"
@@ -211,7 +211,7 @@ def test_mixed_precision_on_a_cpu_is_bfloat16_with_a_float32_output(builder):
     (True, True, True, False),     # the backend uses the GPU
 ])
 def test_gpu_that_the_backend_misses_is_one_warning(driver, smi, backend_sees_gpu, warns, tmp_path, monkeypatch):
-    import distribution
+    from lesion_unet import distribution
 
     driver_path = tmp_path / "nvidia"
     if driver:
@@ -228,7 +228,7 @@ def test_gpu_that_the_backend_misses_is_one_warning(driver, smi, backend_sees_gp
 
 
 def test_train_names_its_device_and_prints_the_gpu_warning(tmp_path, synthetic_dir, monkeypatch, capsys):
-    import distribution
+    from lesion_unet import distribution
     import keras
     import train
 
@@ -265,20 +265,20 @@ def _cpuinfo(tmp_path, flags):
 @pytest.mark.parametrize("cpu, expected", [("intel_amx", ["amx_bf16", "avx512_bf16"]),
                                            ("amd_zen4", ["avx512_bf16"]), ("amd_avx2", [])])
 def test_native_bfloat16_flags_are_read_from_cpuinfo(tmp_path, cpu, expected):
-    import distribution
+    from lesion_unet import distribution
 
     assert distribution.native_bfloat16_flags(_cpuinfo(tmp_path, CPU_FLAGS[cpu])) == expected
 
 
 def test_native_bfloat16_flags_are_none_without_a_readable_cpuinfo(tmp_path):
-    import distribution
+    from lesion_unet import distribution
 
     assert distribution.native_bfloat16_flags(str(tmp_path / "missing")) == []  # not Linux
     assert distribution.native_bfloat16_flags(_cpuinfo(tmp_path, "")) == []  # no flags line
 
 
 def test_mixed_precision_is_automatic_only_when_not_asked(tmp_path, monkeypatch):
-    import distribution
+    from lesion_unet import distribution
 
     with_bf16, without = _cpuinfo(tmp_path, CPU_FLAGS["amd_zen4"]), str(tmp_path / "no_cpuinfo")
     assert distribution.choose_mixed_precision(None, with_bf16) == (
@@ -295,9 +295,9 @@ def test_mixed_precision_is_automatic_only_when_not_asked(tmp_path, monkeypatch)
 @pytest.mark.parametrize("cpu, flags, expected", [("amd_zen4", [], True), ("amd_avx2", [], False),
                                                   ("amd_zen4", ["--no-mixed-precision"], False)])
 def test_train_config_records_the_precision_and_why(synthetic_dir, tmp_path, monkeypatch, cpu, flags, expected):
-    import distribution
+    from lesion_unet import distribution
     import train
-    import training
+    from lesion_unet import training
 
     monkeypatch.setattr(distribution, "CPUINFO_PATH", _cpuinfo(tmp_path, CPU_FLAGS[cpu]))
     args = train.build_parser().parse_args(["--data", synthetic_dir, "--out", str(tmp_path / "run"), *TINY_GRAPH_AUTO_PRECISION,
@@ -311,9 +311,9 @@ def test_a_model_trained_in_bfloat16_is_saved_to_compute_in_float32(tmp_path):
     import keras
     import numpy as np
 
-    import callbacks
-    import distribution
-    from model_improved import build_improved_unet
+    from lesion_unet import callbacks
+    from lesion_unet import distribution
+    from lesion_unet.improved_unet import build_improved_unet
 
     try:
         distribution.set_mixed_precision(True)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dataGenerator
+from lesion_unet import data as dataGenerator
 import download_isic
-from errors import InputError
+from lesion_unet.errors import InputError
 
 
 def _archive(folder, files):

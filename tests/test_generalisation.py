@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import callbacks
-import dataGenerator
-import metrics
-import runfolder
-import scoring
+from lesion_unet import callbacks
+from lesion_unet import data as dataGenerator
+from lesion_unet import metrics
+from lesion_unet import runfolder
+from lesion_unet import scoring
 import train
 from conftest import TINY, run_main
-from dataGenerator import Pair, kfold_split
+from lesion_unet.data import Pair, kfold_split
 
 
 

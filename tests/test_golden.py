@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dataGenerator
-import inference
-import plots
-import training
+from lesion_unet import data as dataGenerator
+from lesion_unet import inference
+from lesion_unet import plots
+from lesion_unet import training
 from conftest import run_main
 
 

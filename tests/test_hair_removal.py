@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import hair_removal
+from lesion_unet import hair_removal
 from conftest import REAL_DATA, run_main
 
 SKIN, LESION, HAIR = (200, 170, 150), (90, 60, 50), (40, 32, 26)
@@ -96,13 +96,10 @@ def test_remove_hair_is_what_the_protocol_measured_and_helps_under_drawn_hair():
     """On real validation images with the shipped model: `evaluate_pairs(remove_hair=True)` scores as
     `benchmarks/dehair_protocol.py` did, and painting drawn hairs over raises Dice (not on every image:
     on the first 8 it is lower, as a small lesion under hair loses 0.21)."""
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import inference
-    import metrics
-    import scoring
-    import settings
+    from lesion_unet import inference
+    from lesion_unet import metrics
+    from lesion_unet import scoring
+    from lesion_unet import settings
     import shift_protocol
 
     model = inference.load_model(settings.DEFAULT_MODEL)

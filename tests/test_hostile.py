@@ -19,24 +19,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cache
-import callbacks
-import dataGenerator
-import errors
+from lesion_unet import cache
+from lesion_unet import callbacks
+from lesion_unet import data as dataGenerator
+from lesion_unet import errors
 import evaluate
-import inference
-import lesion_files
-import plots
+from lesion_unet import inference
+from lesion_unet import lesion_files
+from lesion_unet import plots
 import predict
-import runfolder
-import scoring
-import settings
-import synthetic
+from lesion_unet import runfolder
+from lesion_unet import scoring
+from lesion_unet import settings
+from lesion_unet import synthetic
 import train
-import training
+from lesion_unet import training
 from conftest import ROOT, TINY
-from errors import InputError
-from model_improved import build_improved_unet
+from lesion_unet.errors import InputError
+from lesion_unet.improved_unet import build_improved_unet
 
 
 
@@ -198,7 +198,7 @@ def test_two_names_of_one_folder_share_one_lock(tmp_path, synthetic_dir):
 def test_a_killed_holder_does_not_leave_the_lock_stuck(tmp_path):
     run = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, runfolder; lock = runfolder.RunLock(sys.argv[1]).acquire(); print('locked', flush=True); "
+        "import sys, time; from lesion_unet import runfolder; lock = runfolder.RunLock(sys.argv[1]).acquire(); print('locked', flush=True); "
         "time.sleep(60)"), run], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(InputError, match=f"process {holder.pid}"):
@@ -395,7 +395,7 @@ def test_fold_must_be_below_folds(tmp_path, synthetic_dir):
 
 def test_fn_weight_from_python_is_checked_before_anything_is_written(tmp_path, synthetic_dir):
     """train.py refuses --fn-weight 1 at parse time; `training.make_config`, which notebooks call, must too."""
-    import training
+    from lesion_unet import training
 
     with pytest.raises(InputError, match="--fn-weight 1: fn_weight must be in \\(0, 1\\)"):
         training.make_config(str(tmp_path / "run"), data=synthetic_dir, fn_weight=1.0)
@@ -923,13 +923,15 @@ def test_sigterm_during_predict_leaves_no_temporary_file(tmp_path, tiny_model):
 
 
 def _parsers():
+    import importlib
+
     import app
-    import cliargs
+    from lesion_unet import cliargs
     import export
 
     return {"train.py": train.build_parser(), "evaluate.py": evaluate.build_parser(), "predict.py": predict.build_parser(),
             "app.py": app.build_parser(), "export.py": export.build_parser(), "synthetic.py": synthetic.build_parser(),
-            "dataGenerator.py": dataGenerator._argument_parser(),
+            "dataGenerator.py": importlib.import_module("dataGenerator")._argument_parser(),  # the root face
             "model_*.py": cliargs.model_summary_parser("model", 16, 4, "levels")}
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import metrics
+from lesion_unet import losses
+from lesion_unet import metrics
 
 # Hand-made 4x4 masks: truth has 4 lesion pixels, prediction 6, overlapping on 3.
 TRUTH = np.zeros((4, 4), bool)
@@ -69,8 +70,8 @@ def _batch(*masks):
 def test_keras_metrics_are_per_image_golden():
     y_true = _batch(TRUTH, TRUTH, np.zeros((4, 4)))
     y_pred = _batch(PRED * 0.9, TRUTH * 0.6 + 0.2, np.zeros((4, 4)) + 0.1)
-    dice = keras.ops.convert_to_numpy(metrics.dice_score(y_true, y_pred))
-    jaccard = keras.ops.convert_to_numpy(metrics.jaccard_score(y_true, y_pred))
+    dice = keras.ops.convert_to_numpy(losses.dice_score(y_true, y_pred))
+    jaccard = keras.ops.convert_to_numpy(losses.jaccard_score(y_true, y_pred))
     np.testing.assert_allclose(dice, [0.6, 1.0, 1.0], rtol=1e-6)  # last: both empty after thresholding
     np.testing.assert_allclose(jaccard, [3 / 7, 1.0, 1.0], rtol=1e-6)
 
@@ -79,26 +80,26 @@ def test_losses_golden_values():
     y_true = _batch(TRUTH)
     y_pred = _batch(np.full((4, 4), 0.5))
     # soft Dice: 1 - (2*2 + 1) / (4 + 8 + 1)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(metrics.soft_dice_loss(y_true, y_pred)), [1 - 5 / 13], rtol=1e-6)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(metrics.bce_loss(y_true, y_pred)), [np.log(2)], rtol=1e-5)
-    loss = metrics.SegmentationLoss("dice_bce")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.soft_dice_loss(y_true, y_pred)), [1 - 5 / 13], rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.bce_loss(y_true, y_pred)), [np.log(2)], rtol=1e-5)
+    loss = losses.SegmentationLoss("dice_bce")
     assert float(loss(y_true, y_pred)) == pytest.approx(1 - 5 / 13 + np.log(2), rel=1e-5)
-    assert metrics.SegmentationLoss.from_config(loss.get_config()).kind == "dice_bce"
+    assert losses.SegmentationLoss.from_config(loss.get_config()).kind == "dice_bce"
     with pytest.raises(ValueError, match="unknown loss"):
-        metrics.SegmentationLoss("focal")
+        losses.SegmentationLoss("focal")
 
 
 def test_tversky_loss_golden_values_and_its_dice_case():
     y_true = _batch(TRUTH)
     y_pred = _batch(np.full((4, 4), 0.5))
     # TP 2, FP 6, FN 2; weights doubled so that 0.5 is Dice: 1 - (2*2 + 1) / (2 * (2 + 0.3*6 + 0.7*2) + 1)
-    tversky = keras.ops.convert_to_numpy(metrics.soft_tversky_loss(y_true, y_pred, fn_weight=0.7))
+    tversky = keras.ops.convert_to_numpy(losses.soft_tversky_loss(y_true, y_pred, fn_weight=0.7))
     np.testing.assert_allclose(tversky, [1 - 5 / 11.4], rtol=1e-6)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(metrics.soft_tversky_loss(y_true, y_pred, fn_weight=0.5)),
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.soft_tversky_loss(y_true, y_pred, fn_weight=0.5)),
                                [1 - 5 / 13], rtol=1e-6)
-    loss = metrics.SegmentationLoss("dice", fn_weight=0.7)
+    loss = losses.SegmentationLoss("dice", fn_weight=0.7)
     assert float(loss(y_true, y_pred)) == pytest.approx(1 - 5 / 11.4, rel=1e-5)
-    assert metrics.SegmentationLoss.from_config(loss.get_config()).fn_weight == 0.7
+    assert losses.SegmentationLoss.from_config(loss.get_config()).fn_weight == 0.7
     # At 0.5 the default loss is the soft Dice it always was, to the bit, so default runs train as before.
     rng = np.random.default_rng(0)
     truth = keras.ops.convert_to_tensor((rng.random((3, 16, 16, 1)) > 0.6).astype("float32"))
@@ -106,10 +107,10 @@ def test_tversky_loss_golden_values_and_its_dice_case():
     flat_truth, flat_probability = keras.ops.reshape(truth, (3, -1)), keras.ops.reshape(probability, (3, -1))
     before = 1.0 - (2.0 * keras.ops.sum(flat_truth * flat_probability, axis=1) + 1.0) / (
         keras.ops.sum(flat_truth, axis=1) + keras.ops.sum(flat_probability, axis=1) + 1.0)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(metrics.soft_dice_loss(truth, probability)),
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(losses.soft_dice_loss(truth, probability)),
                                   keras.ops.convert_to_numpy(before))
     # A loss saved before the option existed has no fn_weight in its config: it stays soft Dice.
-    assert metrics.SegmentationLoss.from_config({"name": "dice_bce", "kind": "dice_bce"}).fn_weight == 0.5
+    assert losses.SegmentationLoss.from_config({"name": "dice_bce", "kind": "dice_bce"}).fn_weight == 0.5
 
 
 def test_tversky_loss_penalises_missed_lesion_more_than_false_lesion():
@@ -117,8 +118,8 @@ def test_tversky_loss_penalises_missed_lesion_more_than_false_lesion():
     under = truth.copy(); under[2, 2:6] = 0  # 4 missed
     over = truth.copy(); over[1, 2:6] = 1  # 4 false
     y_true, y_pred = _batch(truth, truth), _batch(under, over)
-    dice = keras.ops.convert_to_numpy(metrics.soft_dice_loss(y_true, y_pred))
-    tversky = keras.ops.convert_to_numpy(metrics.soft_tversky_loss(y_true, y_pred, fn_weight=0.7))
+    dice = keras.ops.convert_to_numpy(losses.soft_dice_loss(y_true, y_pred))
+    tversky = keras.ops.convert_to_numpy(losses.soft_tversky_loss(y_true, y_pred, fn_weight=0.7))
     np.testing.assert_allclose(dice, [1 - 25 / 29, 1 - 33 / 37], rtol=1e-6)  # Dice: nearly the same
     np.testing.assert_allclose(tversky, [1 - 25 / (2 * (12 + 0.7 * 4) + 1), 1 - 33 / (2 * (16 + 0.3 * 4) + 1)],
                                rtol=1e-6)
@@ -130,7 +131,7 @@ def test_tversky_loss_penalises_missed_lesion_more_than_false_lesion():
                                                       ("bce", 0.7, "needs a Dice term")])
 def test_segmentation_loss_refuses_a_fn_weight_it_cannot_use(kind, fn_weight, message):
     with pytest.raises(ValueError, match=message):
-        metrics.SegmentationLoss(kind, fn_weight=fn_weight)
+        losses.SegmentationLoss(kind, fn_weight=fn_weight)
 
 
 def test_loss_averages_per_image_not_per_batch():
@@ -139,13 +140,13 @@ def test_loss_averages_per_image_not_per_batch():
     tiny = np.zeros((8, 8)); tiny[0, 0] = 1
     y_true = _batch(big, tiny)
     y_pred = _batch(big, np.zeros((8, 8)))
-    per_image = keras.ops.convert_to_numpy(metrics.soft_dice_loss(y_true, y_pred))
+    per_image = keras.ops.convert_to_numpy(losses.soft_dice_loss(y_true, y_pred))
     np.testing.assert_allclose(per_image, [0.0, 1 - 1 / 2], atol=1e-6)
 
 
 def test_agrees_with_the_official_isic_scorer(tmp_path):
     scoring = pytest.importorskip("isic_challenge_scoring")
-    import synthetic
+    from lesion_unet import synthetic
 
     truth_dir, pred_dir = tmp_path / "truth", tmp_path / "pred"
     truth_dir.mkdir(), pred_dir.mkdir()

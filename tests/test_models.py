@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from model_basic import build_unet
-from model_improved import build_improved_unet
+from lesion_unet.basic_unet import build_unet
+from lesion_unet.improved_unet import build_improved_unet
 
 
 @pytest.mark.parametrize("size", [(32, 32), (32, 48)])
@@ -105,19 +105,20 @@ def test_save_load_round_trip_with_keras_alone(tmp_path):
 
 
 def test_improved_unet_overfits_one_batch():
-    import metrics
-    import synthetic
+    from lesion_unet import losses
+    from lesion_unet import metrics
+    from lesion_unet import synthetic
 
     keras.utils.set_random_seed(0)
     samples = [synthetic.make_sample(seed, (32, 32)) for seed in range(4)]
     images = np.stack([s[0] for s in samples]).astype(np.float32) / 255.0
     masks = np.stack([s[1] for s in samples])[..., None].astype(np.float32) / 255.0
     model = build_improved_unet((32, 32), base_filters=8, depth=3, dropout=0.0)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=metrics.SegmentationLoss(),
-                  metrics=metrics.training_metrics())
-    untrained = float(np.mean(keras.ops.convert_to_numpy(metrics.dice_score(masks, model.predict(images, verbose=0)))))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=losses.SegmentationLoss(),
+                  metrics=losses.training_metrics())
+    untrained = float(np.mean(keras.ops.convert_to_numpy(losses.dice_score(masks, model.predict(images, verbose=0)))))
     model.fit(images, masks, batch_size=4, epochs=40, verbose=0)
-    dice = float(np.mean(keras.ops.convert_to_numpy(metrics.dice_score(masks, model.predict(images, verbose=0)))))
+    dice = float(np.mean(keras.ops.convert_to_numpy(losses.dice_score(masks, model.predict(images, verbose=0)))))
     assert untrained < 0.7 and dice > 0.95
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import inference
-import lesion_files
-import settings
+from lesion_unet import inference
+from lesion_unet import lesion_files
+from lesion_unet import settings
 from conftest import REAL_DATA, build_once, run_main, run_script
 
 pytest.importorskip("onnxruntime")
@@ -73,6 +73,17 @@ def test_predict_with_onnx_imports_no_tensorflow_and_writes_the_same_masks(expor
     same = [np.mean(np.asarray(Image.open(tmp_path / "onnx" / n)) == np.asarray(Image.open(tmp_path / "keras" / n)))
             for n in names]
     assert min(same) >= 0.999
+
+
+def test_evaluate_with_onnx_imports_no_tensorflow(exported, synthetic_dir, tmp_path):
+    _, onnx_path = exported
+    code = ("import sys, evaluate\n"
+            f"evaluate.main([{onnx_path!r}, '--data', {synthetic_dir!r}, '--out', {str(tmp_path / 'r')!r}, "
+            "'--no-progress'])\n"
+            "print(sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules)))\n")
+    result = run_script("-c", code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "[]" and os.path.isfile(tmp_path / "r" / "metrics.json")
 
 
 def test_evaluate_with_onnx_scores_as_keras(exported, synthetic_dir, tmp_path):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dataGenerator
-import inference
-import metrics
-import scoring
-import settings
-import synthetic
+from lesion_unet import data as dataGenerator
+from lesion_unet import inference
+from lesion_unet import metrics
+from lesion_unet import scoring
+from lesion_unet import settings
+from lesion_unet import synthetic
 from conftest import REAL_DATA, run_main
 
 

@@ -1,16 +1,13 @@
 """The generalisation protocol's scripts: shifted copies, and k-fold runs pooled into one table."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import ROOT, TINY
-from errors import InputError
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from lesion_unet.errors import InputError
 
 import archive_order  # noqa: E402
 import block_gap  # noqa: E402
@@ -169,7 +166,7 @@ def test_ensemble_protocol_scores_each_group_from_one_pass(tmp_path, trained_run
         assert reports["A"][shift] and reports["AB"][shift] == reports["A"][shift] == reports["B"][shift]
         assert set(reports["ABC"][shift]) == set(reports["A"][shift])
     # The single model's report is shift_protocol's own scoring of it.
-    import inference
+    from lesion_unet import inference
 
     alone = shift_protocol.score_shifted(inference.load_model(best), shift_protocol.split_part(synthetic_dir),
                                          progress=False)

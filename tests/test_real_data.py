@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import REAL_DATA
-from dataGenerator import find_pairs, image_size_of, read_mask, resolve_folders
+from lesion_unet.data import find_pairs, image_size_of, read_mask, resolve_folders
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=f"real data not found at {REAL_DATA}")
 

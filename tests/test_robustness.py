@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import callbacks
-import dataGenerator
-import inference
+from lesion_unet import callbacks
+from lesion_unet import data as dataGenerator
+from lesion_unet import inference
 from conftest import ROOT, TINY, run_main
-from errors import InputError
+from lesion_unet.errors import InputError
 
 
 def test_lambda_model_is_refused_and_never_run(tmp_path):

@@ -19,7 +19,7 @@ FOLD_ORDERS = ("random", "order")
 DEFAULT_ZOOM = (0.8, 1.4)  # zooms in more than out: large lesions, the failures on other sources, get common
 COLOR_AUGMENTATIONS = ("light", "strong")
 LOSSES = ("dice_bce", "dice", "bce")
-# The Dice term's weight of missed lesion pixels: 0.5 is plain soft Dice (see metrics.soft_tversky_loss).
+# The Dice term's weight of missed lesion pixels: 0.5 is plain soft Dice (see losses.soft_tversky_loss).
 DEFAULT_FN_WEIGHT = 0.5
 # Per-image, per-channel standardization inside the model (model_improved.standardized_image).
 DEFAULT_INPUT_NORM = False
@@ -35,7 +35,9 @@ DEMO_SAMPLES = 240
 # The PNG "Software" text that predict.py and the web app write into their masks and overlays, so that
 # predict.py replaces its own earlier outputs but never a file it did not write (an expert mask).
 OUTPUT_PNG_SOFTWARE = "lesion-unet"
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "improved_unet.keras")
+# The project's folder (the package's parent): the pre-trained model lies in its pretrained/.
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MODEL = os.path.join(PROJECT_DIR, "pretrained", "improved_unet.keras")
 DEFAULT_TTA = False
 DEFAULT_POSTPROCESS = True
 DEFAULT_REMOVE_HAIR = False  # an option: it helps on dense hair only (README, "Hair removal")

@@ -10,13 +10,13 @@ import json
 import logging
 import os
 
-import inference
-import lesion_files
-import metrics
-import plots
-import runfolder
-import settings
-from errors import InputError
+from lesion_unet import inference
+from lesion_unet import lesion_files
+from lesion_unet import metrics
+from lesion_unet import plots
+from lesion_unet import runfolder
+from lesion_unet import settings
+from lesion_unet.errors import InputError
 
 log = logging.getLogger("lesion_unet.scoring")  # notes for the user; errors.run_cli shows them
 

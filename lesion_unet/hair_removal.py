@@ -13,7 +13,7 @@ copy's 256x192), so its element and threshold mean the same on a phone photo as 
 import numpy as np
 from PIL import Image
 
-import lesion_files
+from lesion_unet import lesion_files
 
 WORKING_SIDE = 256  # long side (pixels) the filter runs at; smaller images run at their own size
 # At 256x192, a hair is 1-3 pixels thick: a 7-pixel element closes it, while a lesion, tens of pixels

@@ -8,8 +8,8 @@ import time
 import keras
 import numpy as np
 
-import plots
-import runfolder
+from lesion_unet import plots
+from lesion_unet import runfolder
 
 
 def averaged_weights(model):

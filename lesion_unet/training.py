@@ -24,19 +24,19 @@ import zipfile
 
 import keras
 
-import cache
-import callbacks as run_callbacks
-import dataGenerator
-import distribution
-import inference
-import metrics
-import runfolder
-import scoring
-import settings
-import synthetic
-from errors import InputError, make_output_dir
-from model_basic import build_unet
-from model_improved import build_improved_unet
+from lesion_unet import cache
+from lesion_unet import callbacks as run_callbacks
+from lesion_unet import data as dataGenerator
+from lesion_unet import distribution
+from lesion_unet import inference
+from lesion_unet import losses
+from lesion_unet import runfolder
+from lesion_unet import scoring
+from lesion_unet import settings
+from lesion_unet import synthetic
+from lesion_unet.errors import InputError, make_output_dir
+from lesion_unet.basic_unet import build_unet
+from lesion_unet.improved_unet import build_improved_unet
 
 MODELS = {"improved": build_improved_unet, "basic": build_unet}
 
@@ -52,9 +52,9 @@ def make_config(run_dir, **overrides):
     Raises:
         InputError: an unknown setting, or what `resolve_config` refuses.
     """
-    import train  # its parser holds every default, once
+    from lesion_unet import train_options  # its parser holds every default, once
 
-    args = train.build_parser().parse_args([])
+    args = train_options.build_parser().parse_args([])
     unknown = sorted(set(overrides) - set(vars(args)))
     if unknown:
         raise InputError(f"unknown setting(s) {', '.join(unknown)}; see python train.py --help")
@@ -93,7 +93,7 @@ def resolve_config(args):
         raise InputError(f"--init {args.init}: no such model file; pass a .keras file")
     if args.loss != "bce":  # train.py refuses these at parse time; a call from Python is checked here
         try:
-            metrics.check_fn_weight(args.loss, args.fn_weight)
+            losses.check_fn_weight(args.loss, args.fn_weight)
         except ValueError as error:
             raise InputError(f"--fn-weight {args.fn_weight:g}: {error}") from None
     if args.folds is not None and args.fold >= args.folds:
@@ -114,7 +114,7 @@ def resolve_config(args):
         "learning_rate": args.learning_rate,
         "warmup_epochs": args.warmup_epochs,
         "loss": args.loss,
-        "fn_weight": metrics.DICE_FN_WEIGHT if args.loss == "bce" else args.fn_weight,  # BCE has no Dice term
+        "fn_weight": losses.DICE_FN_WEIGHT if args.loss == "bce" else args.fn_weight,  # BCE has no Dice term
         "augment": args.augment,
         "zoom": list(args.zoom),
         "color_augment": args.color_augment,
@@ -247,12 +247,12 @@ def check_settings(config, path):
     Raises:
         InputError: a setting of the wrong type or out of the flag's range, naming it.
     """
-    import train  # its parser holds every flag's type and range, once
+    from lesion_unet import train_options  # its parser holds every flag's type and range, once
 
     if not isinstance(config, dict) or not all(key in config for key in runfolder.CONFIG_KEYS):
         raise InputError(f"{path}: not the settings of a train.py run; restore the file, or start a new run "
                          "with another --out")
-    actions = {action.dest: action for action in train.build_parser()._actions}
+    actions = {action.dest: action for action in train_options.build_parser()._actions}
     values = {key: config[key] for key in config if _CONFIG_FLAGS.get(key, key) in actions}
     values.update((key, value) for key, value in (config.get("model_kwargs") or {}).items() if key in actions)
     for key, value in values.items():
@@ -372,7 +372,7 @@ def make_learning_rate_schedule(config, steps_per_epoch, epochs=None):
 
 def _fn_weight(config):
     """The loss's weight of missed lesion pixels; runs from before the option have none (soft Dice)."""
-    return config.get("fn_weight", metrics.DICE_FN_WEIGHT)
+    return config.get("fn_weight", losses.DICE_FN_WEIGHT)
 
 
 def make_optimizer(config, steps_per_epoch):
@@ -605,9 +605,9 @@ def _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribut
                     _undo(run_dir, setup)  # nothing trained yet: leave nothing behind
                     raise
             model.compile(optimizer=make_optimizer(config, len(train_data)),
-                          loss=metrics.SegmentationLoss(config["loss"], _fn_weight(config)),
+                          loss=losses.SegmentationLoss(config["loss"], _fn_weight(config)),
                           # weighted: the zero-weight padding of JAX data-parallel batches stays out
-                          weighted_metrics=metrics.training_metrics())
+                          weighted_metrics=losses.training_metrics())
         checkpoint = run_callbacks.RunCheckpoint(run_dir, on_first_save=forget_replaced_run if aside else None)
     else:
         model = last_model
@@ -633,7 +633,7 @@ def _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribut
              if budget is not None else "")
           + f", batch {config['batch_size']}, "
           f"{config['loss']} loss"
-          + (f" (fn weight {_fn_weight(config):g})" if _fn_weight(config) != metrics.DICE_FN_WEIGHT else "")
+          + (f" (fn weight {_fn_weight(config):g})" if _fn_weight(config) != losses.DICE_FN_WEIGHT else "")
           + f", {policy}"
           + (f" ({config['mixed_precision_reason']})" if config.get("mixed_precision_reason") else "")
           + f" | {distribution.describe_devices()} ({spread.description}), "

@@ -8,8 +8,9 @@ before anything is loaded or written.
 
 import argparse
 import math
+import os
 
-import settings
+from lesion_unet import settings
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -109,6 +110,32 @@ def model_summary_parser(model_title, base_filters, depth, depth_help):
                         help="filters at level 1 (default: %(default)s)")
     parser.add_argument("--depth", type=int_range(1, 10), default=depth, help=f"{depth_help} (default: %(default)s)")
     return parser
+
+
+def model_summary_main(argv, model_title, builder, base_filters, depth, depth_help):
+    """`python model_*.py`: parses `--image-size`, `--base-filters` and `--depth` (before Keras loads,
+    so `--help` answers at once), builds the model and prints its layer table and parameter count.
+
+    Args:
+        argv: the arguments, or `None` for the command line's.
+        model_title: the model's name in the help text.
+        builder: `"module:function"` in the package, e.g. `"improved_unet:build_improved_unet"`.
+        base_filters, depth, depth_help: the model's defaults, and what its depth counts.
+    """
+    args = model_summary_parser(model_title, base_filters, depth, depth_help).parse_args(argv)
+    import importlib
+
+    from lesion_unet import quiet
+
+    quiet.import_keras()
+    module, function = builder.split(":")
+    build = getattr(importlib.import_module(f"lesion_unet.{module}"), function)
+    model = build(tuple(args.image_size), base_filters=args.base_filters, depth=args.depth)
+    # rich, which Keras draws the table with, assumes 80 columns when the output is not a terminal
+    # (`| cat`, a file) and would cut the table there.
+    os.environ.setdefault("COLUMNS", "112")
+    model.summary(line_length=110)
+    print(f"{model.name}: {model.count_params():,} parameters")
 
 
 def add_inference_arguments(parser):

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 
-from errors import InputError
+from lesion_unet.errors import InputError
 
 CONFIG = "config.json"
 SPLIT = "split.json"

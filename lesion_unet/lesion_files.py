@@ -19,9 +19,9 @@ import struct
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-import runfolder
-from errors import InputError
-from settings import DEFAULT_SPLIT, FOLD_ORDERS, MASK_SUFFIX, OUTPUT_PNG_SOFTWARE, image_id_of, is_usable_file
+from lesion_unet import runfolder
+from lesion_unet.errors import InputError
+from lesion_unet.settings import DEFAULT_SPLIT, FOLD_ORDERS, MASK_SUFFIX, OUTPUT_PNG_SOFTWARE, image_id_of, is_usable_file
 
 log = logging.getLogger("lesion_unet.data")  # notes for the user; errors.run_cli shows them
 
@@ -408,6 +408,11 @@ def mask_format_notes(formats, what="mask"):
         notes.append(f"note: {counts[MASK_GREY]} {what}(s) held values other than 0 and 255 (or 0 and 1); "
                      "binarised at 128")
     return notes
+
+
+def sample_id_of(path):
+    """Returns the id a mask is named after: the image's file name without its extension."""
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def encode_png(pixels):

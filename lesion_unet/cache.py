@@ -19,9 +19,9 @@ import sys
 
 import numpy as np
 
-import dataGenerator
-import runfolder
-from errors import InputError
+from lesion_unet import data as dataGenerator
+from lesion_unet import runfolder
+from lesion_unet.errors import InputError
 
 CACHE_FORMAT = 2  # 2: masks of only 0 and 1 are read as lesion = 1 (they were empty)
 _IMAGES, _MASKS, _META = "images.npy", "masks.npy", "meta.json"

@@ -11,8 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from skimage import segmentation
 
-from lesion_files import encode_png
-from runfolder import atomic_write
+from lesion_unet.lesion_files import encode_png
+from lesion_unet.runfolder import atomic_write
 
 TRUTH_COLOUR = (0.1, 0.9, 0.2)
 PREDICTION_COLOUR = (1.0, 0.2, 0.9)

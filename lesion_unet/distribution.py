@@ -21,8 +21,8 @@ import shutil
 import keras
 import numpy as np
 
-from errors import InputError
-from settings import DISTRIBUTION_MODES
+from lesion_unet.errors import InputError
+from lesion_unet.settings import DISTRIBUTION_MODES
 
 
 # Read by `keras.distribution.initialize()` when JAX runs over several processes.

@@ -34,13 +34,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from PIL import Image
 
-import inference
-import lesion_files
-import plots
-import settings
-import synthetic
-from errors import InputError
-from predict import sample_id_of
+from lesion_unet import inference
+from lesion_unet import lesion_files
+from lesion_unet import plots
+from lesion_unet import settings
+from lesion_unet import synthetic
+from lesion_unet.errors import InputError
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {
@@ -182,8 +181,8 @@ class Segmenter:
             tta=bool(tta), postprocess=bool(postprocess), remove_hair=bool(remove_hair), threshold=self.threshold,
             files={key: f"/results/{token}/{file}" for key, file in names.items()},
             # predict.py's names, from the name as uploaded (the URLs use the safe copy of it)
-            download_names={"mask_png": f"{sample_id_of(name)}_segmentation.png",
-                            "overlay_png": f"{sample_id_of(name)}_overlay.png"})
+            download_names={"mask_png": f"{lesion_files.sample_id_of(name)}_segmentation.png",
+                            "overlay_png": f"{lesion_files.sample_id_of(name)}_overlay.png"})
         logger.info("segmented %s (%dx%d) in %.2f s", file_name, result["width"], result["height"], finished - started)
         return result
 

@@ -14,9 +14,9 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-import hair_removal
-from lesion_files import encode_png, image_size_of, read_image
-from errors import InputError
+from lesion_unet import hair_removal
+from lesion_unet.lesion_files import encode_png, image_size_of, read_image
+from lesion_unet.errors import InputError
 
 # Serialized Python code in a .keras config: a Lambda layer, or a lambda passed as an argument.
 CODE_CLASSES = ("Lambda", "__lambda__")
