@@ -174,7 +174,7 @@ def fetch(out_dir, include_all=False, base_url=BASE_URL, keep_archives=True, pro
     return report
 
 
-def main(argv=None):
+def build_parser():
     parser = cliargs.ArgumentParser(description="Download and unpack the official ISIC 2018 Task 1 data.")
     parser.add_argument("--out", default="data/isic2018", help="destination folder (default: %(default)s)")
     parser.add_argument("--all", action="store_true", help="also the validation and test sets (default: training only)")
@@ -183,7 +183,11 @@ def main(argv=None):
     parser.add_argument("--retries", type=cliargs.int_range(0, 100), default=5,
                         help="attempts after a cut connection, 0 to 100 (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     report = fetch(args.out, args.all, args.base_url, not args.delete_archives, not args.no_progress, args.retries)
     for name, target, extracted, skipped in report:
         if extracted is None:

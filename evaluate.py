@@ -34,7 +34,8 @@ def build_parser():
                              "--split val or train, RUN/evaluation_data for a run folder with --data, "
                              "runs/evaluation otherwise)")
     parser.add_argument("--split", choices=("test", "val", "train"), default="test",
-                        help="with a run folder: which of its splits to score; tune settings on val, "
+                        help="with a run folder, or with --data and a model that has a split.json beside it "
+                             "(the shipped model has): which of its splits to score; tune settings on val, "
                              "report test (default: %(default)s)")
     parser.add_argument("--predictions", default=None,
                         help="score a folder of predicted masks (<id>_segmentation.png, e.g. from predict.py) "
@@ -73,8 +74,9 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     has_data = args.data is not None or args.images is not None or args.masks is not None
-    if "split" in cliargs.explicit_flags(parser, sys.argv[1:] if argv is None else argv) and has_data:
-        parser.error("--split chooses a split of a run folder, and --data scores every pair in DIR: drop one")
+    split_asked = "split" in cliargs.explicit_flags(parser, sys.argv[1:] if argv is None else argv)
+    if split_asked and args.predictions is not None:
+        parser.error("--split chooses a model's split, and --predictions runs no model: drop --split")
     if args.predictions is not None:  # scores masks: no model, no Keras
         return evaluate_predictions(args)
     if not (args.target or "").lower().endswith(".onnx"):  # ONNX Runtime runs an exported model without Keras
@@ -86,6 +88,8 @@ def main(argv=None):
 
     model_path, pairs, description, default_out = scoring.resolve_target(
         args.target, args.data, args.images, args.masks, args.skip_unpaired, args.split)
+    if split_asked and has_data:  # that split of the model's own split.json, found in DIR
+        pairs, description = scoring.select_model_split(model_path, pairs, args.split, description)
     out_dir = args.out or default_out
     if runfolder.is_run_folder(out_dir):
         raise InputError(f"--out {out_dir}: a run folder of train.py; its own metrics.json and per_image.csv "

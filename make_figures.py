@@ -19,7 +19,7 @@ from lesion_unet.errors import InputError, run_cli
 GOOD_TYPICAL_HARD = (("good (90th percentile)", 0.9), ("typical (median)", 0.5), ("hard (10th percentile)", 0.1))
 
 
-def main(argv=None):
+def build_parser():
     parser = cliargs.ArgumentParser(description="Regenerate the figures in resources/.")
     parser.add_argument("--run", default=None,
                         help="a finished run folder for the curves and test examples (default: none, "
@@ -29,7 +29,11 @@ def main(argv=None):
                         help="flip TTA for the examples (default: the run's setting)")
     parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=None,
                         help="post-processing for the examples (default: the run's setting)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.run is not None and not os.path.isfile(os.path.join(args.run, runfolder.HISTORY)):
         raise InputError(f"{args.run}: no history.csv; pass a finished run folder")
     from lesion_unet import quiet  # Keras loads only now that the arguments are known to be good

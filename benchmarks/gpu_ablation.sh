@@ -2,7 +2,7 @@
 # Issue 10's ablation on a lent GPU (the `device` tool), in one command: for each recipe, the five
 # folds of cv_protocol.py, trained at once, and one run on the default split (the model that recipe
 # would ship), all recipes side by side; then compare_protocols.py's table, the first recipe the baseline.
-# One training leaves an H100 mostly idle at batch 16 (BENCHMARKS.md), so the runs share one GPU (how
+# One training leaves an H100 mostly idle at batch 16 (docs/benchmarks.md), so the runs share one GPU (how
 # well is not measured yet: the progress lines log its use, for sizing the next call).
 #
 # Here first: bash benchmarks/gpu_prepare.sh   (the data in .gpudata/, the wheels in .whl/)

@@ -308,7 +308,7 @@ def choose_mixed_precision(requested, cpuinfo_path=None):
     TensorFlow run on a CPU with native bfloat16 and off elsewhere.
 
     That is where it was measured: bfloat16 matched float32's validation Dice and trained 1.5x faster
-    (BENCHMARKS.md). Off on a GPU unless asked (its float16 training has not been compared with float32
+    (docs/benchmarks.md). Off on a GPU unless asked (its float16 training has not been compared with float32
     here), and on JAX and PyTorch, whose CPU bfloat16 has not been timed.
 
     Args:

@@ -267,6 +267,25 @@ def seen_in_training(model_path, pairs):
     return {"split_file": path, "train": len(ids & set(split["train"])), "val": len(ids & set(split["val"]))}
 
 
+def select_model_split(model_path, pairs, split_name, description):
+    """Keeps the pairs of one split of the `split.json` beside the model file (a run folder's, or
+    `pretrained/split.json`): `evaluate.py MODEL --data DIR --split test`.
+
+    Returns:
+        `(pairs, description)`.
+
+    Raises:
+        InputError: the model has no `split.json`, or DIR lacks some of the split's ids.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), runfolder.SPLIT)
+    if not os.path.isfile(path):
+        raise InputError(f"{model_path}: --split needs the model's split.json beside it, and there is none; "
+                         "drop --split to score every pair in --data")
+    split = lesion_files.load_split(path)
+    chosen = lesion_files.select_pairs(pairs, split[split_name], f"{path} (the model's {split_name} split)")
+    return chosen, f"the {split_name} split of {path}, from {description.removeprefix('every pair in ')}"
+
+
 def seen_in_training_note(seen, total):
     """The warning `evaluate.py` prints when scored images were in the model's training or validation split."""
     if not seen or not (seen["train"] or seen["val"]):

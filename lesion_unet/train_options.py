@@ -98,7 +98,8 @@ def build_parser():
                         help="threads preparing batches (default: %(default)s)")
     parser.add_argument("--cache-dir", default=settings.default_cache_dir(),
                         help="where decoded, resized images are cached between runs, keyed by the files' "
-                             "names, sizes and dates (default: %(default)s)")
+                             "names, sizes and dates (default: $XDG_CACHE_HOME/lesion-unet, or "
+                             "~/.cache/lesion-unet)")
     parser.add_argument("--no-cache", action="store_true",
                         help="decode every image into memory at each start instead of caching "
                              "(the synthetic demo never caches)")
@@ -115,7 +116,7 @@ def build_parser():
                         help="run each step as plain Python instead of a traced graph (Keras' run_eagerly): "
                              "for stepping through a loss with a debugger, and quicker for runs of a few "
                              "tiny steps (no tracing); each step of a real model is slower (1.7x for the "
-                             "Improved U-Net at 128x128, BENCHMARKS.md) (default: off)")
+                             "Improved U-Net at 128x128, docs/benchmarks.md) (default: off)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch, with its saved settings")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder --out")

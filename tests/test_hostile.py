@@ -792,9 +792,17 @@ def test_evaluate_with_data_keeps_the_runs_test_report_and_warns_of_seen_images(
     assert report["settings"]["seen_in_training"] == {"split_file": str(run / "split.json"), "train": 20, "val": 2}
     assert "warning: 20 of the 24 scored images were in this model's training split and 2 in its validation " \
            "split" in err
-    with pytest.raises(SystemExit) as stop:
-        evaluate.main([str(run), "--data", synthetic_dir, "--split", "val"])
-    assert stop.value.code == 2 and "--split chooses a split of a run folder" in capsys.readouterr().err
+    # --split with --data: that split of the model's split.json, found in DIR (the shipped model has one)
+    evaluate.main([str(run / "best.keras"), "--data", synthetic_dir, "--split", "val", "--out", str(tmp_path / "v"),
+                   "--no-progress"])
+    assert "warning: 0 of the 2 scored images were in this model's training split and 2 in its validation" \
+        in capsys.readouterr().err
+    with open(tmp_path / "v" / "metrics.json") as handle:
+        assert json.load(handle)["n_images"] == 2
+    alone = tmp_path / "alone.keras"
+    shutil.copy(run / "best.keras", alone)
+    with pytest.raises(InputError, match="alone.keras: --split needs the model's split.json beside it"):
+        evaluate.main([str(alone), "--data", synthetic_dir, "--split", "test"])
 
 
 def test_the_shipped_model_carries_its_split():
