@@ -39,6 +39,9 @@ from lesion_unet.basic_unet import build_unet
 from lesion_unet.improved_unet import build_improved_unet
 
 MODELS = {"improved": build_improved_unet, "basic": build_unet}
+# The schema of config.json: 2 since 0.9.0 (this key); runs of earlier releases have none and read as 1.
+# A run folder written by a later release, whose settings this one may not know, is refused.
+CONFIG_VERSION = 2
 
 
 def make_config(run_dir, **overrides):
@@ -136,6 +139,7 @@ def resolve_config(args):
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "config_version": CONFIG_VERSION,
     }
 
 
@@ -252,6 +256,10 @@ def check_settings(config, path):
     if not isinstance(config, dict) or not all(key in config for key in runfolder.CONFIG_KEYS):
         raise InputError(f"{path}: not the settings of a train.py run; restore the file, or start a new run "
                          "with another --out")
+    version = config.get("config_version", 1)
+    if type(version) is not int or not 1 <= version <= CONFIG_VERSION:
+        raise InputError(f"{path}: config_version = {json.dumps(version)}: this release reads versions 1 to "
+                         f"{CONFIG_VERSION}; use the later release that wrote it, or restore the file")
     actions = {action.dest: action for action in train_options.build_parser()._actions}
     values = {key: config[key] for key in config if _CONFIG_FLAGS.get(key, key) in actions}
     values.update((key, value) for key, value in (config.get("model_kwargs") or {}).items() if key in actions)

@@ -497,6 +497,22 @@ def test_a_bare_resume_after_the_data_moved_says_how_to_point_at_it(tmp_path, sy
         train.main(["--out", run, "--resume"])
 
 
+def test_a_run_folder_of_an_earlier_release_still_resumes(tmp_path, basic_run):
+    """config.json without config_version (every release before 0.9.0) reads as version 1."""
+    run = str(tmp_path / "run")
+    _killed_after_epoch_1(basic_run, run)
+    path = os.path.join(run, runfolder.CONFIG)
+    with open(path) as handle:
+        config = json.load(handle)
+    assert config.pop("config_version") == training.CONFIG_VERSION == 2
+    for key in ("fold_by", "hair_augment", "mixed_precision_reason"):  # settings that came later
+        config.pop(key, None)
+    runfolder.save_json(config, path)
+    assert train.main(["--out", run, "--resume", "--verbose", "0"]) == 0
+    with open(os.path.join(run, runfolder.STATE)) as handle:
+        assert json.load(handle)["epochs_done"] == 2
+
+
 @pytest.mark.parametrize("file, key, value, expected", [
     (runfolder.STATE, "epochs_done", -5, "epochs_done = -5: must be 0 to the run's 2 epochs"),
     (runfolder.STATE, "best_val_dice", "x", 'best_val_dice = "x": must be a number from 0 to 1'),
@@ -509,6 +525,7 @@ def test_a_bare_resume_after_the_data_moved_says_how_to_point_at_it(tmp_path, sy
     (runfolder.CONFIG, "zoom", [5, 1], r"zoom = \[5, 1\]: the smaller zoom comes first"),
     (runfolder.CONFIG, "loss", "focal", "loss = \"focal\": must be one of dice_bce, dice, bce"),
     (runfolder.CONFIG, "augment", "yes", "augment = \"yes\": must be true or false"),
+    (runfolder.CONFIG, "config_version", 3, "config_version = 3: this release reads versions 1 to 2"),
 ])
 def test_hand_edited_run_files_are_refused_naming_the_value(file, key, value, expected, tmp_path, basic_run):
     run = str(tmp_path / "run")
