@@ -31,7 +31,11 @@ MAX_KERAS_MEMBERS = 64
 
 
 def check_keras_archive(path):
-    """Checks a `.keras` file's zip directory before anything in it is read.
+    """Checks a `.keras` file's zip directory before anything in it is read, then reads its `config.json`.
+
+    Returns:
+        The parsed `config.json`, or `None` when the archive has none or it is not JSON (Keras's own
+        load then says what is wrong).
 
     Raises:
         InputError: not a zip archive, too many members, or members that would unpack to more than
@@ -40,28 +44,29 @@ def check_keras_archive(path):
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (OSError, zipfile.BadZipFile, ValueError):
+            if len(members) > MAX_KERAS_MEMBERS:
+                raise InputError(f"{path}: refused: the archive holds {len(members)} files, not a saved Keras "
+                                 "model's few")
+            for member in members:
+                if member.filename.endswith(".json") and member.file_size > MAX_KERAS_CONFIG_BYTES:
+                    raise InputError(f"{path}: refused: its {member.filename} would unpack to "
+                                     f"{member.file_size / 1e6:,.0f} MB (a saved model's is well under "
+                                     f"{MAX_KERAS_CONFIG_BYTES / 1e6:.0f} MB)")
+            total = sum(member.file_size for member in members)
+            if total > MAX_KERAS_ARCHIVE_BYTES:
+                raise InputError(f"{path}: refused: the archive would unpack to {total / 1e9:,.1f} GB, more than "
+                                 f"any model these tools take ({MAX_KERAS_ARCHIVE_BYTES / 1e9:.1f} GB)")
+            try:
+                return json.loads(archive.read("config.json"))
+            except (KeyError, ValueError, zipfile.BadZipFile):  # no config, or a damaged one
+                return None
+    except (OSError, zipfile.BadZipFile):
         raise InputError(f"{path}: not a Keras model (.keras files are zip archives); pass a .keras file") from None
-    if len(members) > MAX_KERAS_MEMBERS:
-        raise InputError(f"{path}: refused: the archive holds {len(members)} files, not a saved Keras model's few")
-    for member in members:
-        if member.filename.endswith(".json") and member.file_size > MAX_KERAS_CONFIG_BYTES:
-            raise InputError(f"{path}: refused: its {member.filename} would unpack to {member.file_size / 1e6:,.0f} MB "
-                             f"(a saved model's is well under {MAX_KERAS_CONFIG_BYTES / 1e6:.0f} MB)")
-    total = sum(member.file_size for member in members)
-    if total > MAX_KERAS_ARCHIVE_BYTES:
-        raise InputError(f"{path}: refused: the archive would unpack to {total / 1e9:,.1f} GB, more than any "
-                         f"model these tools take ({MAX_KERAS_ARCHIVE_BYTES / 1e9:.1f} GB)")
 
 
-def _carries_code(path):
-    """Whether the `.keras` archive's `config.json` holds serialized Python code (`CODE_CLASSES`),
-    which safe mode refuses to run; `False` when the config cannot be read (the load will say why)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return False
+def _carries_code(config):
+    """Whether a `.keras` archive's parsed `config.json` holds serialized Python code (`CODE_CLASSES`),
+    which safe mode refuses to run."""
     stack = [config]
     while stack:
         item = stack.pop()
@@ -152,8 +157,7 @@ def load_model(path):
         return _check_shapes(OnnxModel(path), path)
     import keras
 
-    check_keras_archive(path)
-    if _carries_code(path):
+    if _carries_code(check_keras_archive(path)):
         raise InputError(
             f"{path}: refused: the model carries arbitrary code (e.g. a Lambda layer), which safe "
             "mode does not run; use a model built from this project's layers"
@@ -307,12 +311,13 @@ def predict_files(model, paths, batch_size=16, tta=False, progress=True, desc="P
 
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(paths), batch_size):
-            read_chunk = [(path, read_or_skip(path)) for path in paths[start : start + batch_size]]
-            chunk = [path for path, image in read_chunk if image is not None]
-            bar.update(len(read_chunk) - len(chunk))
-            if not chunk:
+            batch = paths[start : start + batch_size]
+            read_ok = [(path, image) for path in batch if (image := read_or_skip(path)) is not None]
+            bar.update(len(batch) - len(read_ok))
+            if not read_ok:
                 continue
-            images = np.stack([image for _, image in read_chunk if image is not None]).astype(np.float32) / 255.0
+            chunk = [path for path, _ in read_ok]
+            images = np.stack([image for _, image in read_ok]).astype(np.float32) / 255.0
             probabilities = predict_batch(model, images, tta)
             if not np.isfinite(probabilities).all():  # thresholded, NaN would make silently empty masks
                 raise InputError(f"{getattr(model, 'name', 'the model')}: gives non-finite values (NaN or inf) "
