@@ -5,8 +5,8 @@
     python app.py best.onnx                   # ONNX Runtime: starts without TensorFlow
 
 Drop images on the page (or click an example): each gets the lesion outline, the mask, a probability
-heat map, the lesion's area, a confidence figure and the time taken, with switches for flip TTA and
-post-processing, and downloads of the mask (the same file `predict.py` writes) and of the overlay.
+heat map, the lesion's area, the expected Dice ("check this mask" when it is low) and the time taken,
+with switches for flip TTA and post-processing, and downloads of the mask (the same file `predict.py` writes) and of the overlay.
 The server is `webapp.py`; it loads the model once and stops with Ctrl+C.
 """
 
@@ -56,7 +56,8 @@ def serve(model_path, host="127.0.0.1", port=8000, threshold=settings.DEFAULT_TH
     from lesion_unet import webapp
 
     model = inference.load_model(model_path)
-    server = webapp.make_server(model, os.path.basename(model_path), host, port, threshold, max_upload_mb)
+    server = webapp.make_server(model, os.path.basename(model_path), host, port, threshold, max_upload_mb,
+                                inference.load_quality_model(model_path))
     print(f"Serving {model_path} at {server.url}  (open it in a browser; Ctrl+C stops)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {host}: anyone who can reach this machine can use the page", flush=True)

@@ -8,7 +8,10 @@
 Predictions are made at the model's input size, resized back (bilinear) to each mask's size,
 thresholded at 0.5 and scored per image (see `metrics.py` for the metrics and the empty-mask rule).
 Writes `metrics.json`, `per_image.csv` and `cases.png` (best, median and worst cases) to `--out`,
-replacing an earlier report there but not files of those names that something else wrote.
+replacing an earlier report there but not files of those names that something else wrote. For a model
+that carries a quality estimate (`quality.py`), the report also says how well it ranked the failures
+(ROC AUC for Dice < 0.7, the share caught by the review flag, expected against actual Dice by bin) and
+draws `quality.png`.
 The scoring itself is `scoring.py`'s; this file is the command line.
 """
 
@@ -84,6 +87,7 @@ def main(argv=None):
 
         quiet.import_keras()
     from lesion_unet import inference
+    from lesion_unet import plots
     from lesion_unet import scoring
 
     model_path, pairs, description, default_out = scoring.resolve_target(
@@ -96,6 +100,7 @@ def main(argv=None):
                          f"would be replaced; choose another --out (default: {default_out})")
     scoring.check_report_folder(out_dir, args.overwrite)
     model = inference.load_model(model_path)  # before the folder is made: a refused model leaves nothing
+    quality_model = inference.load_quality_model(model_path)
     out_dir = make_output_dir(out_dir)
     print(f"Evaluating {model_path} on {description} ({len(pairs)} images, model input "
           f"{'x'.join(map(str, inference.model_image_size(model)))}, tta={'on' if args.tta else 'off'}, "
@@ -105,13 +110,19 @@ def main(argv=None):
     warning = scoring.seen_in_training_note(seen, len(pairs))
     if warning:
         print(warning, file=sys.stderr)
-    rows = scoring.evaluate_pairs(model, pairs, args.batch_size, progress=not args.no_progress, **options)
+    rows = scoring.evaluate_pairs(model, pairs, args.batch_size, progress=not args.no_progress,
+                                  quality_model=quality_model, **options)
     summary = scoring.write_report(rows, out_dir, {"model": model_path, "images": description, **options,
                                                    **({"seen_in_training": seen} if seen else {})})
     scoring.save_cases(model, pairs, rows, os.path.join(out_dir, runfolder.CASES),
                        title=f"{description}: best, median, worst", **options)
+    if "quality" in summary:
+        plots.save_quality_figure([row["expected_dice"] for row in rows], [row["dice"] for row in rows],
+                                  [row["review"] for row in rows], summary["quality"],
+                                  os.path.join(out_dir, scoring.QUALITY_FIGURE), title=description)
     print(scoring.format_table(summary))
-    print(f"wrote {os.path.join(out_dir, 'metrics.json')}, per_image.csv and cases.png")
+    print(f"wrote {os.path.join(out_dir, 'metrics.json')}, per_image.csv, cases.png"
+          + (" and quality.png" if "quality" in summary else " (no quality.png: the model carries no quality estimate)"))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 
 Beside the `.onnx` file goes `<name>.onnx.json`: what anyone needs to rebuild the pipeline around the
 network in another language (input size and layout, channel order, scaling, resizing, the optional
-hair removal, what the output means, threshold, post-processing). `predict.py` and `evaluate.py` take the `.onnx` file as
-they take a `.keras` one.
+hair removal, what the output means, threshold, post-processing) and, when the model carries one,
+its quality model (`quality.py`: expected Dice and review flag). `predict.py`, `evaluate.py` and
+`app.py` take the `.onnx` file as they take a `.keras` one.
 """
 
 import datetime
@@ -82,6 +83,9 @@ def export_onnx(model_path, out_path):
         warnings.filterwarnings("ignore", category=FutureWarning)
         model.export(tmp_path, format="onnx", verbose=False)
     description = pipeline_description(model, model_path)
+    quality_model = inference.load_quality_model(model_path)
+    if quality_model is not None:  # the expected Dice and review flag travel with the model (quality.py)
+        description["quality"] = quality_model.to_dict()
     runfolder.save_json(description, out_path + ".json")
     return description
 

@@ -6,7 +6,8 @@
 
 Writes `<id>_segmentation.png` for each image: single-channel, 0 (skin) / 255 (lesion), at the image's
 own size (the ISIC submission format); with `--overlay`, also `<id>_overlay.png`, the outline drawn on
-the image.
+the image. `predictions.csv` beside them lists every image worst first, with its lesion area, expected
+Dice and review flag (`quality.py`; unknown for a model that carries no quality model).
 """
 
 import os
@@ -19,6 +20,8 @@ from lesion_unet.errors import InputError, make_output_dir, run_cli
 from lesion_unet.lesion_files import sample_id_of
 
 OUTPUT_SUFFIXES = ("_segmentation.png", "_overlay.png")
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTIONS_FIELDS = ["id", "image", "lesion_pixels", "lesion_percent", "expected_dice", "review", "risk"]
 
 
 def is_own_output(name):
@@ -93,10 +96,47 @@ def check_outputs(paths, out, overlay=False, overwrite=False):
     suffixes = OUTPUT_SUFFIXES if overlay else OUTPUT_SUFFIXES[:1]
     targets = (os.path.join(out, sample_id_of(path) + suffix) for path in paths for suffix in suffixes)
     foreign = [target for target in targets if os.path.lexists(target) and not lesion_files.is_own_output_png(target)]
+    table = os.path.join(out, PREDICTIONS_CSV)
+    if os.path.lexists(table) and not is_own_table(table):
+        foreign.insert(0, table)
     if foreign:
         others = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise InputError(f"{foreign[0]}{others}: files that predict.py did not write (expert masks?) would be "
                          "replaced; choose another --out, or add --overwrite to replace them")
+
+
+def is_own_table(path):
+    """Whether `path` is a `predictions.csv` that `predict.py` wrote (its header is ours)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle), None) == PREDICTIONS_FIELDS
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+
+
+def write_predictions_table(rows, path):
+    """Writes `predictions.csv` (`PREDICTIONS_FIELDS`), rows in the order given, atomically.
+
+    `review` is `yes`, `no` or `unknown`; `expected_dice` and `risk` are empty where unknown (`risk` also
+    for an empty mask, which is always flagged).
+    """
+    import csv
+
+    def cell(value):
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return f"{value:.4f}" if isinstance(value, float) else value
+
+    with runfolder.atomic_write(path) as tmp_path, open(tmp_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PREDICTIONS_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: ("unknown" if key == "review" and row[key] is None else cell(row[key]))
+                             for key in PREDICTIONS_FIELDS})
 
 
 def write_mask(mask, path):
@@ -106,6 +146,16 @@ def write_mask(mask, path):
     data = inference.encode_mask_png(mask)
     with runfolder.atomic_write(path) as tmp_path, open(tmp_path, "wb") as handle:
         handle.write(data)
+
+
+def review_summary(table, quality_model, table_path):
+    """The line `predict.py` prints about the review flags of `table`'s rows."""
+    if quality_model is None:
+        return (f"review: unknown (this model carries no quality estimate); {os.path.normpath(table_path)} "
+                "lists the masks")
+    flagged = sum(1 for row in table if row["review"])
+    return (f"review: {flagged} of {len(table)} mask(s) flagged to check by eye (expected Dice low; "
+            f"worst first in {os.path.normpath(table_path)})")
 
 
 def split_inputs(argv_inputs):
@@ -152,26 +202,35 @@ def main(argv=None):
     from lesion_unet import inference
     from lesion_unet import lesion_files
     from lesion_unet import plots
+    from lesion_unet import quality
 
     inference.check_model_file(model_path)  # the cheap checks first, in the order of the command line
     paths = collect_images(inputs)
     check_outputs(paths, args.out, args.overlay, args.overwrite)
     model = inference.load_model(model_path)
+    quality_model = inference.load_quality_model(model_path)
     created = not os.path.isdir(args.out)
     make_output_dir(args.out)
     skipped = []  # unreadable images: the others are still segmented, and the exit status says so
     results = inference.segment_files(model, paths, args.threshold, args.tta, args.postprocess, args.batch_size,
                                       progress=not args.no_progress, remove_hair=args.remove_hair, skipped=skipped)
-    written = 0
-    for path, _, mask in results:
+    table = []
+    for path, probability, mask in results:
         sample_id = sample_id_of(path)
         write_mask(mask, os.path.join(args.out, f"{sample_id}_segmentation.png"))
         if args.overlay:
             plots.save_overlay(lesion_files.read_image(path), mask, os.path.join(args.out, f"{sample_id}_overlay.png"))
-        written += 1
-    print(f"wrote {written} mask(s) to {os.path.normpath(args.out)} with {model_path}")
+        area = int(mask.sum())
+        table.append({"id": sample_id, "image": path, "lesion_pixels": area, "lesion_percent": 100.0 * area / mask.size,
+                      **quality.assess(quality_model, probability)})
+    if table:
+        write_predictions_table([table[index] for index in quality.review_order(table)],
+                                os.path.join(args.out, PREDICTIONS_CSV))
+    print(f"wrote {len(table)} mask(s) to {os.path.normpath(args.out)} with {model_path}")
+    if table:
+        print(review_summary(table, quality_model, os.path.join(args.out, PREDICTIONS_CSV)))
     if skipped:
-        if created and not written:  # nothing could be read: leave no empty folder behind
+        if created and not table:  # nothing could be read: leave no empty folder behind
             os.rmdir(args.out)
         for _, message in skipped:
             print(f"skipped: {message}", file=sys.stderr)

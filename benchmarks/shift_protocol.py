@@ -71,8 +71,12 @@ def shift_pair(image, mask, shift):
     Args:
         image: `uint8` RGB array `(h, w, 3)`.
         mask: boolean array `(h, w)`.
-        shift: a name from `SHIFTS` or `EXTRA_SHIFTS`.
+        shift: a name from `SHIFTS` or `EXTRA_SHIFTS`, or a tuple of them, applied in turn.
     """
+    if isinstance(shift, tuple):
+        for name in shift:
+            image, mask = shift_pair(image, mask, name)
+        return image, mask
     height, width = mask.shape
     if shift == "none":
         return image, mask
@@ -149,31 +153,45 @@ def predict_scales(model, images, scales=(1.0,), tta=False):
     return total / len(scales)
 
 
+def read_pairs(pairs):
+    """`[(image, mask)]` of pairs: `uint8` RGB images and boolean masks, at their own size."""
+    from lesion_unet import lesion_files
+
+    return [(lesion_files.read_image(pair.image_path), lesion_files.read_mask(pair.mask_path).astype(bool))
+            for pair in pairs]
+
+
+def model_batch(images, size):
+    """`uint8` images resized to the model's `(height, width)` (bilinear), as one `float32` batch in [0, 1]."""
+    return np.stack([np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+                     for image in images]).astype(np.float32) / 255.0
+
+
 def shifted_probabilities(model, pairs, shifts=SHIFTS, batch_size=16, progress=True, tta=False, scales=(1.0,),
-                          preprocess=None):
+                          preprocess=None, model_size=False):
     """Yields `(pair, shift, truth, probability)` for each pair under each shift: the shifted mask and
     the model's lesion probability resized to it (bilinear), for whatever mask step follows.
-    `preprocess`, if given, maps each shifted `uint8` image to the one the model sees (e.g. hair removal).
+    A shift may be a tuple of names, applied in turn. `preprocess`, if given, maps each shifted `uint8`
+    image to the one the model sees (e.g. hair removal). With `model_size`, the probability map stays
+    at the model's size.
     """
     from tqdm.auto import tqdm
 
-    from lesion_unet import data as dataGenerator
     from lesion_unet import inference
 
     size = inference.model_image_size(model)
     with tqdm(total=len(pairs) * len(shifts), desc="Scoring", unit="img", disable=not progress) as bar:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
-            originals = [(dataGenerator.read_image(p.image_path), dataGenerator.read_mask(p.mask_path).astype(bool))
-                         for p in chunk]
+            originals = read_pairs(chunk)
             for shift in shifts:
                 shifted = [shift_pair(image, mask, shift) for image, mask in originals]
                 if preprocess is not None:
                     shifted = [(preprocess(image), mask) for image, mask in shifted]
-                batch = np.stack([np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
-                                  for image, _ in shifted]).astype(np.float32) / 255.0
+                batch = model_batch([image for image, _ in shifted], size)
                 for pair, (_, truth), probability in zip(chunk, shifted, predict_scales(model, batch, scales, tta)):
-                    yield pair, shift, truth, inference.resize_probability(probability, truth.shape)
+                    yield pair, shift, truth, (probability if model_size
+                                               else inference.resize_probability(probability, truth.shape))
                 bar.update(len(chunk))
 
 

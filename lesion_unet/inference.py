@@ -174,6 +174,34 @@ def load_model(path):
     return _check_shapes(model, path)
 
 
+def load_quality_model(path):
+    """The quality model (`quality.QualityModel`) that travels with a model file, or `None`.
+
+    A `.keras` file carries it inside its archive, an exported `.onnx` file in its `.onnx.json`. A model
+    without one, or with one that cannot be read (a warning then names the file), still segments; its
+    expected Dice and review flag are unknown.
+    """
+    import logging
+
+    from lesion_unet import quality
+
+    try:
+        if path.lower().endswith(".onnx"):
+            sidecar = path + ".json"
+            if not os.path.isfile(sidecar):
+                return None
+            with open(sidecar, encoding="utf-8") as handle:
+                description = json.load(handle)
+            values = description.get("quality") if isinstance(description, dict) else None
+            return None if values is None else quality.QualityModel.from_dict(values, f"{sidecar}: quality")
+        return quality.read_from_keras(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        logging.getLogger("lesion_unet.inference").warning(
+            "%s; the quality estimate is off (expected Dice and review flag unknown): re-export or re-fit it "
+            "(benchmarks/quality_protocol.py --attach)", error)
+        return None
+
+
 def model_image_size(model):
     """Returns the `(height, width)` that the model takes (fixed; `load_model` checks it)."""
     return tuple(model.input_shape[1:3])

@@ -1,5 +1,5 @@
 """Figures: a batch with mask outlines, training curves, best / median / worst cases, before / after
-pairs, overlays.
+pairs, overlays, the quality estimate against actual Dice.
 
 Figures are built as `matplotlib.figure.Figure` objects, without pyplot's global state, so no display
 is needed, and written atomically (a temporary file, then a rename).
@@ -109,6 +109,43 @@ def save_cases_figure(cases, path, title="Test cases"):
         for axis in row:
             axis.axis("off")
     fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def save_quality_figure(expected, actual, review, report, path, title="Quality estimate",
+                        failure_dice=0.7):
+    """Saves actual against expected Dice, one point per image (flagged images marked), with the
+    calibration bins of a `quality.quality_report` on top.
+
+    Args:
+        expected: expected Dice per image.
+        actual: actual Dice per image.
+        review: review flag per image.
+        report: `quality.quality_report` of the same images.
+        path: PNG file to write.
+        title: the figure's title.
+        failure_dice: where failures start (a dashed line).
+    """
+    expected, actual = np.asarray(expected, dtype=float), np.asarray(actual, dtype=float)
+    review = np.asarray(review, dtype=bool)
+    fig = Figure(figsize=(5.6, 5.2))
+    axis = fig.subplots()
+    axis.plot([0, 1], [0, 1], color="0.6", linewidth=1, label="expected = actual")
+    axis.axhline(failure_dice, color="0.6", linestyle="--", linewidth=1)
+    axis.scatter(expected[~review], actual[~review], s=10, alpha=0.5, color="tab:blue", label="not flagged")
+    axis.scatter(expected[review], actual[review], s=22, marker="x", color="tab:red", label="flagged for review")
+    bins = report["bins"]
+    axis.plot([row["mean_expected"] for row in bins], [row["mean_dice"] for row in bins], "o-", color="black",
+              markersize=5, label="mean per bin of expected Dice")
+    auc = "-" if report["auc"] is None else f"{report['auc']:.2f}"
+    caught = "-" if report["caught"] is None else f"{report['caught']:.0%}"
+    axis.set_title(f"{title}\n{report['n_images']} images, {report['n_failures']} with Dice < {failure_dice}; "
+                   f"AUC {auc}; flagged {report['flagged']:.0%}, catching {caught}", fontsize=9)
+    axis.set_xlabel("expected Dice (quality estimate)")
+    axis.set_ylabel("actual Dice")
+    axis.set_xlim(0, 1.01)
+    axis.set_ylim(0, 1.01)
+    axis.legend(fontsize=7, loc="lower right")
     save_figure(fig, path)
 
 

@@ -14,6 +14,7 @@ from lesion_unet import inference
 from lesion_unet import lesion_files
 from lesion_unet import metrics
 from lesion_unet import plots
+from lesion_unet import quality
 from lesion_unet import runfolder
 from lesion_unet import settings
 from lesion_unet.errors import InputError
@@ -22,7 +23,7 @@ log = logging.getLogger("lesion_unet.scoring")  # notes for the user; errors.run
 
 
 def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, threshold=0.5, progress=True,
-                   remove_hair=False):
+                   remove_hair=False, quality_model=None):
     """Scores a model on image/mask pairs, one row of metrics per image.
 
     Args:
@@ -34,19 +35,26 @@ def evaluate_pairs(model, pairs, batch_size=16, tta=False, postprocess=False, th
         threshold: probability threshold.
         progress: show a progress bar.
         remove_hair: paint thin dark hairs over before predicting (`hair_removal`).
+        quality_model: the model's `quality.QualityModel`; its estimates join each row.
 
     Returns:
         A list of dicts: `id`, each of `metrics.REPORT_METRICS`, `lesion_fraction` (the true
-        lesion's share of the image) and `predicted_fraction` (the predicted one's), in the order of
-        `pairs`.
+        lesion's share of the image) and `predicted_fraction` (the predicted one's), and with a
+        `quality_model` `expected_dice`, `review` and `risk` (`quality.assess`), in the order of `pairs`.
 
     Raises:
         InputError: a file cannot be read, or a mask's size differs from its image's.
     """
     predictions = inference.predict_files(model, [p.image_path for p in pairs], batch_size, tta,
-                                          progress, desc="Evaluating", remove_hair=remove_hair)
-    return [score_prediction(pair, inference.to_mask(probability, threshold, postprocess), "its image")
-            for pair, (_, probability) in zip(pairs, predictions)]
+                                          progress, desc="Evaluating", full_size=False, remove_hair=remove_hair)
+    rows = []
+    for pair, (path, probability) in zip(pairs, predictions):
+        mask = inference.probability_to_mask(probability, lesion_files.image_size_of(path), threshold, postprocess)
+        row = score_prediction(pair, mask, "its image")
+        if quality_model is not None:
+            row.update(quality.assess(quality_model, probability))
+        rows.append(row)
+    return rows
 
 
 def score_prediction(pair, prediction, source):
@@ -128,8 +136,10 @@ def save_cases(model, pairs, rows, path, tta=False, postprocess=False, threshold
 
 METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.csv"
-REPORT_FILES = (METRICS_FILE, PER_IMAGE_FILE, runfolder.CASES)  # what evaluate.py writes
+QUALITY_FIGURE = "quality.png"
+REPORT_FILES = (METRICS_FILE, PER_IMAGE_FILE, runfolder.CASES, QUALITY_FIGURE)  # what evaluate.py writes
 _CSV_FIELDS = ["id", *metrics.REPORT_METRICS, "lesion_fraction", "predicted_fraction"]
+_QUALITY_FIELDS = ["expected_dice", "review", "risk"]
 
 
 def _is_own_report(out_dir):
@@ -174,18 +184,32 @@ def check_report_folder(out_dir, overwrite=False, names=REPORT_FILES):
                          "would replace them; choose another --out, or pass --overwrite to replace them")
 
 
+def quality_of_rows(rows):
+    """`quality.quality_report` of rows that carry quality estimates (`evaluate_pairs` with a quality
+    model), or `None` when they carry none."""
+    if not rows or "expected_dice" not in rows[0]:
+        return None
+    return quality.quality_report([row["expected_dice"] for row in rows], [row["review"] for row in rows],
+                                  [row["risk"] for row in rows], [row["dice"] for row in rows])
+
+
 def write_report(rows, out_dir, settings):
-    """Writes `metrics.json` (means, medians, image count, settings) and `per_image.csv`.
+    """Writes `metrics.json` (means, medians, image count, settings and, when the rows carry quality
+    estimates, how well they ranked and matched the actual Dice: `quality_of_rows`) and `per_image.csv`.
 
     Returns:
         The summary dict written to `metrics.json`.
     """
     os.makedirs(out_dir, exist_ok=True)
     summary = {**metrics.summarize(rows), "settings": settings}
+    quality_summary = quality_of_rows(rows)
+    if quality_summary is not None:
+        summary["quality"] = quality_summary
     runfolder.save_json(summary, os.path.join(out_dir, METRICS_FILE))
     csv_path = os.path.join(out_dir, PER_IMAGE_FILE)
+    fields = _CSV_FIELDS + (_QUALITY_FIELDS if quality_summary is not None else [])
     with runfolder.atomic_write(csv_path) as tmp_path, open(tmp_path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_CSV_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for row in rows:
             writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value)
@@ -210,7 +234,25 @@ def format_table(summary):
             cells = "".join(f"{'-':>18}" if values.get(name) is None else f"{values[name]:>18.4f}"
                             for name in names)
             lines.append(f"{band:<12}{values['n_images']:>7d}{cells}")
+    if summary.get("quality"):
+        lines.extend(["", *format_quality(summary["quality"])])
     return "\n".join(lines)
+
+
+def format_quality(report):
+    """Lines of text for a `quality.quality_report`: how the review flag and expected Dice did."""
+    failures, total = report["n_failures"], report["n_images"]
+    lines = [f"quality estimate (failure: Dice < {quality.FAILURE_DICE})"]
+    auc = "-" if report["auc"] is None else f"{report['auc']:.3f}"
+    caught = "-" if report["caught"] is None else f"{round(report['caught'] * failures)} of {failures} ({report['caught']:.0%})"
+    lines.append(f"  failures {failures} of {total}; ROC AUC of the risk {auc}; flagged {report['flagged']:.1%} of "
+                 f"the images, catching {caught} of the failures")
+    lines.append(f"  mean expected Dice {report['mean_expected']:.4f}, mean actual {report['mean_dice']:.4f}")
+    lines.append(f"  {'expected Dice':<15}{'images':>7}{'mean expected':>15}{'mean actual':>13}")
+    for row in report["bins"]:
+        lines.append(f"  {row['low']:.2f}-{row['high']:.2f}{'':<5}{row['n_images']:>7d}{row['mean_expected']:>15.4f}"
+                     f"{row['mean_dice']:>13.4f}")
+    return lines
 
 
 def resolve_target(target, data, images, masks, skip_unpaired, split_name="test"):

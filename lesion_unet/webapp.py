@@ -37,6 +37,7 @@ from PIL import Image
 from lesion_unet import inference
 from lesion_unet import lesion_files
 from lesion_unet import plots
+from lesion_unet import quality
 from lesion_unet import settings
 from lesion_unet import synthetic
 from lesion_unet.errors import InputError
@@ -117,10 +118,12 @@ class Segmenter:
         model: a model from `inference.load_model`.
         model_name: what the page calls it (e.g. the file name).
         threshold: probability threshold, as `predict.py --threshold`.
+        quality_model: a `quality.QualityModel` for the expected Dice and review flag, or `None`.
     """
 
-    def __init__(self, model, model_name, threshold=settings.DEFAULT_THRESHOLD):
+    def __init__(self, model, model_name, threshold=settings.DEFAULT_THRESHOLD, quality_model=None):
         self.model = model
+        self.quality_model = quality_model
         self.model_name = model_name
         self.threshold = threshold
         self._model_lock = threading.Lock()
@@ -142,7 +145,8 @@ class Segmenter:
 
         Returns:
             A JSON-ready dict: `name`, `id`, `width`, `height`, `area_pixels`, `area_percent`,
-            `confidence` (mean probability inside the outline, or `None` for an empty mask),
+            `expected_dice` and `review` (the quality estimate, `quality.assess`; `None` when the model
+            carries none),
             `seconds` (processing), `waited_seconds` (queued behind other users), the settings,
             `notes`, and `files`: URLs of the `overlay`, `mask` and `heatmap` pictures and of the
             `mask_png` and `overlay_png` downloads, with `download_names`.
@@ -220,7 +224,7 @@ class Segmenter:
         }
         result = {
             "width": width, "height": height, "area_pixels": area, "area_percent": 100.0 * area / (height * width),
-            "confidence": float(probability_preview[mask_preview].mean()) if mask_preview.any() else None,
+            **quality.assess(self.quality_model, probability),
             "notes": notes,
         }
         return result, files
@@ -399,7 +403,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(model, model_name, host="127.0.0.1", port=8000, threshold=settings.DEFAULT_THRESHOLD,
-                max_upload_mb=DEFAULT_MAX_UPLOAD_MB):
+                max_upload_mb=DEFAULT_MAX_UPLOAD_MB, quality_model=None):
     """Builds the app's server around a loaded model; call `serve_forever()` on it.
 
     Args:
@@ -409,6 +413,7 @@ def make_server(model, model_name, host="127.0.0.1", port=8000, threshold=settin
         port: port, or 0 for any free one (see the server's `url`).
         threshold: probability threshold.
         max_upload_mb: largest upload accepted, in MB.
+        quality_model: the model's `quality.QualityModel` (`inference.load_quality_model`), or `None`.
 
     Returns:
         An `AppServer`, listening.
@@ -417,7 +422,8 @@ def make_server(model, model_name, host="127.0.0.1", port=8000, threshold=settin
         InputError: the address cannot be used (e.g. the port is taken).
     """
     try:
-        return AppServer((host, port), Segmenter(model, model_name, threshold), int(max_upload_mb * 1e6))
+        return AppServer((host, port), Segmenter(model, model_name, threshold, quality_model),
+                         int(max_upload_mb * 1e6))
     except OSError as error:
         raise InputError(f"{host}:{port}: cannot listen here ({error.strerror}); pass another --port "
                          "(0 picks a free one) or --host") from None

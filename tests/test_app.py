@@ -32,7 +32,8 @@ def server():
     from lesion_unet import webapp
 
     model = inference.load_model(settings.DEFAULT_MODEL)
-    app = webapp.make_server(model, os.path.basename(settings.DEFAULT_MODEL), "127.0.0.1", 0)
+    app = webapp.make_server(model, os.path.basename(settings.DEFAULT_MODEL), "127.0.0.1", 0,
+                             quality_model=inference.load_quality_model(settings.DEFAULT_MODEL))
     thread = threading.Thread(target=app.serve_forever, daemon=True)
     thread.start()
     yield app
@@ -89,11 +90,21 @@ def test_downloads_are_the_files_predict_writes(server, lesion_png, tmp_path, fl
     assert pixels.shape == (300, 400) and (answer["width"], answer["height"]) == (400, 300)
     assert answer["area_pixels"] == np.count_nonzero(pixels) > 1000
     assert answer["area_percent"] == pytest.approx(100 * answer["area_pixels"] / 120000)
-    assert 0.5 <= answer["confidence"] <= 1 and answer["seconds"] > 0
+    assert answer["seconds"] > 0
+    (row,) = _read_predictions(tmp_path / "predictions.csv")  # the quality estimate, as predict.py lists it
+    assert answer["expected_dice"] == pytest.approx(float(row["expected_dice"]), abs=5e-5)
+    assert row["review"] == ("yes" if answer["review"] else "no") and 0 <= answer["risk"] <= 1
     assert ((answer["tta"], answer["postprocess"], answer["remove_hair"])
             == (flags.get("tta", False), flags.get("postprocess", True), flags.get("remove_hair", False)))
     for key in ("overlay", "mask", "heatmap"):  # the pictures on the page: previews at the image's size here
         assert Image.open(io.BytesIO(get(server, answer["files"][key]))).size == (400, 300)
+
+
+def _read_predictions(path):
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _truncated_jpeg():
@@ -318,6 +329,7 @@ def test_the_page_in_a_real_browser(server, lesion_png, tmp_path):
     assert run_main("predict.py", lesion_png, "--out", str(tmp_path / "cli"), "--no-progress").returncode == 0
     expected_mask = (tmp_path / "cli" / "lesion_a_segmentation.png").read_bytes()
     expected_area = int(np.count_nonzero(np.asarray(Image.open(io.BytesIO(expected_mask)))))
+    (listed,) = _read_predictions(tmp_path / "cli" / "predictions.csv")
 
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -338,6 +350,10 @@ def test_the_page_in_a_real_browser(server, lesion_png, tmp_path):
             card.locator(".area").wait_for(timeout=120_000)
             page.locator('.result[data-name="lesion_b.png"] .area').wait_for(timeout=120_000)
             assert card.locator(".area").inner_text().startswith(f"{expected_area:,} px (")
+            text = card.locator(".quality").inner_text()  # predict.py's expected Dice, and the flag in words
+            assert text.startswith(f"{float(listed['expected_dice']):.2f}")
+            assert ("check this mask" in text) == (listed["review"] == "yes")
+            assert ("review" in card.get_attribute("class").split()) == (listed["review"] == "yes")
             assert (card.locator(".settings").inner_text()
                     == "TTA off, post-processing on, hair removal off, threshold 0.5")
             with page.expect_download() as download:

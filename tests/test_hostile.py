@@ -247,7 +247,7 @@ def test_predict_into_its_input_folder_does_not_feed_on_its_outputs(tmp_path, ti
     for run in range(3):
         predict.main([tiny_model, str(folder), "--out", str(folder), "--overlay", "--no-progress"])
         assert "wrote 1 mask(s)" in capsys.readouterr().out
-    assert sorted(os.listdir(folder)) == ["a.jpg", "a_overlay.png", "a_segmentation.png"]
+    assert sorted(os.listdir(folder)) == ["a.jpg", "a_overlay.png", "a_segmentation.png", "predictions.csv"]
 
 
 def test_predict_never_replaces_a_mask_it_did_not_write(tmp_path, tiny_model):
@@ -263,7 +263,7 @@ def test_predict_never_replaces_a_mask_it_did_not_write(tmp_path, tiny_model):
         predict.main([tiny_model, str(images), "--out", str(masks), "--no-progress"])
     assert {path.name: path.read_bytes() for path in masks.iterdir()} == expert
     predict.main([tiny_model, str(images), "--out", str(masks), "--overwrite", "--no-progress"])
-    assert sorted(os.listdir(masks)) == ["a_segmentation.png", "b_segmentation.png"]
+    assert sorted(os.listdir(masks)) == ["a_segmentation.png", "b_segmentation.png", "predictions.csv"]
     assert all(lesion_files.is_own_output_png(masks / name) for name in expert)
     assert (masks / "a_segmentation.png").read_bytes() != expert["a_segmentation.png"]
 
@@ -277,7 +277,7 @@ def test_links_and_folders_named_like_images_are_ignored_everywhere(tmp_path, ti
     os.symlink(folder / "loop.jpg", folder / "loop.jpg")
     assert predict.collect_images([str(folder)]) == [str(folder / "a.jpg")]
     predict.main([tiny_model, str(folder), "--out", str(tmp_path / "m"), "--no-progress"])
-    assert os.listdir(tmp_path / "m") == ["a_segmentation.png"]
+    assert sorted(os.listdir(tmp_path / "m")) == ["a_segmentation.png", "predictions.csv"]
     masks = tmp_path / "masks"
     masks.mkdir()
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(masks / "a_segmentation.png")
@@ -840,7 +840,7 @@ def test_default_outputs_go_under_runs(tmp_path, tiny_model, synthetic_dir, monk
     assert sorted(os.listdir(tmp_path)) == ["runs"]
     assert sorted(os.listdir(tmp_path / "runs")) == ["evaluation", "predictions"]
     assert os.path.isfile(tmp_path / "runs" / "evaluation" / "metrics.json")
-    assert len(os.listdir(tmp_path / "runs" / "predictions")) == 24
+    assert len(os.listdir(tmp_path / "runs" / "predictions")) == 24 + 1  # and predictions.csv
 
 
 def test_synthetic_py_never_says_it_wrote_what_it_kept(tmp_path, capsys):
@@ -913,7 +913,7 @@ def test_one_unreadable_image_is_skipped_listed_and_fails_the_run(tmp_path, tiny
     (folder / "b.jpg").write_bytes(b"not an image at all")
     out = tmp_path / "out"
     assert errors.run_cli(predict.main, [tiny_model, str(folder), "--out", str(out), "--no-progress"]) == 1
-    assert sorted(os.listdir(out)) == ["a_segmentation.png", "c_segmentation.png"]
+    assert sorted(os.listdir(out)) == ["a_segmentation.png", "c_segmentation.png", "predictions.csv"]
     captured = capsys.readouterr()
     assert f"skipped: {folder / 'b.jpg'}: cannot read this image" in captured.err
     assert "error: 1 of 3 image(s) could not be read and have no mask" in captured.err

@@ -45,6 +45,16 @@ function figure(src, caption, small, extra) {
   return node;
 }
 
+// The quality estimate (quality.py): the Dice that images the model was as unsure about had, and
+// whether to check the mask by eye. Unknown for a model that carries no quality estimate.
+function qualityText(result) {
+  if (result.review === null) return "unknown (this model carries no quality estimate)";
+  if (result.area_pixels === 0) return "0 — check this mask: no lesion found";
+  const expected = result.expected_dice.toFixed(2);
+  return result.review ? `${expected} — check this mask: the model was unsure about this one`
+    : `${expected} (the Dice of images the model was as sure about)`;
+}
+
 function showResult(card, result) {
   card.querySelector(".status").textContent = "done";
   const small = Math.max(result.width, result.height) < 256;
@@ -59,8 +69,7 @@ function showResult(card, result) {
   const rows = [
     ["image", `${result.width} × ${result.height} px`, "size"],
     ["lesion area", `${result.area_pixels.toLocaleString("en")} px (${percent}% of the image)`, "area"],
-    ["confidence", result.confidence === null ? "no lesion found"
-      : `${result.confidence.toFixed(3)} (mean probability inside the outline)`, "confidence"],
+    ["expected Dice", qualityText(result), "quality"],
     ["time", `${result.seconds.toFixed(2)} s` + (result.waited_seconds > 0.05
       ? ` (after ${result.waited_seconds.toFixed(1)} s waiting for other images)` : ""), "time"],
     ["settings", `TTA ${result.tta ? "on" : "off"}, post-processing ${result.postprocess ? "on" : "off"}, `
@@ -69,6 +78,7 @@ function showResult(card, result) {
   for (const [label, value, key] of rows) {
     stats.append(element("dt", null, label), element("dd", key, value));
   }
+  if (result.review) card.classList.add("review");
   card.append(figures, stats);
   if (result.notes.length) {
     const notes = element("ul", "notes");
