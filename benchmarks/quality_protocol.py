@@ -13,7 +13,7 @@ Features are chosen by forward selection under 5-fold cross-validation grouped b
 copies never sit on both sides), the logistic risk and isotonic expected Dice are fitted, and the review
 flag's threshold is set to flag `--false-flag-rate` of the good masks. The out-of-fold figures (ROC AUC
 for Dice < 0.7, the share of failures caught, the share flagged, calibration by bin) are printed and
-saved with `--report`; `--attach` writes the quality model into the `.keras` file.
+saved with `--report` and drawn with `--figure`; `--attach` writes the quality model into the `.keras` file.
 """
 
 import argparse
@@ -54,21 +54,26 @@ def measure(model, pairs, conditions, threshold=0.5, postprocess=True, batch_siz
 
 
 def by_condition(rows, per_row):
-    """Per condition: images, failures, mean actual and expected Dice, and the shares of images flagged
-    and of failures caught, out of fold (`per_row`: `fit_quality_model`'s out-of-fold values)."""
+    """Per condition: images, failures, mean actual and expected Dice, the ROC AUC of the risk for
+    failures, and the shares of images flagged and of failures caught, out of fold (`per_row`:
+    `fit_quality_model`'s out-of-fold values)."""
+    from sklearn.metrics import roc_auc_score
+
     from lesion_unet import quality
 
-    lines = [f"{'condition':<22}{'images':>7}{'failures':>9}{'mean Dice':>10}{'expected':>9}{'flagged':>9}"
+    lines = [f"{'condition':<22}{'images':>7}{'failures':>9}{'mean Dice':>10}{'expected':>9}{'AUC':>7}{'flagged':>9}"
              f"{'caught':>8}"]
     conditions = np.array([row["condition"] for row in rows])
     dice = np.array([row["dice"] for row in rows])
     expected, review = np.array(per_row["expected_dice"]), np.array(per_row["review"], dtype=bool)
+    risk = np.array(per_row["risk"])
     for condition in dict.fromkeys(conditions):
         chosen = conditions == condition
         failed = chosen & (dice < quality.FAILURE_DICE)
         caught = f"{review[failed].mean():.0%}" if failed.any() else "-"
+        auc = (f"{roc_auc_score(failed[chosen], risk[chosen]):.3f}" if 0 < failed.sum() < chosen.sum() else "-")
         lines.append(f"{condition:<22}{chosen.sum():>7d}{failed.sum():>9d}{dice[chosen].mean():>10.4f}"
-                     f"{expected[chosen].mean():>9.4f}{review[chosen].mean():>9.1%}{caught:>8}")
+                     f"{expected[chosen].mean():>9.4f}{auc:>7}{review[chosen].mean():>9.1%}{caught:>8}")
     return "\n".join(lines)
 
 
@@ -84,9 +89,15 @@ def main(argv=None):
     parser.add_argument("--false-flag-rate", type=cliargs.float_range(0, 1), default=0.07,
                         help="share of good masks (Dice >= 0.7) that the review flag may flag on these images "
                              "(default: %(default)s)")
+    parser.add_argument("--compare-rates", nargs="*", type=cliargs.float_range(0, 1), default=[],
+                        help="other --false-flag-rate values to measure out of fold beside it, for choosing "
+                             "the operating point (default: none)")
     parser.add_argument("--report", default=None,
                         help="write the per-copy rows, the chosen features and the out-of-fold figures as JSON "
                              "here (default: none)")
+    parser.add_argument("--figure", default=None,
+                        help="draw the out-of-fold expected against actual Dice here, as evaluate.py's "
+                             "quality.png (default: none)")
     parser.add_argument("--attach", action="store_true",
                         help="write the fitted quality model into --model's .keras file (default: off)")
     args = parser.parse_args(argv)
@@ -110,6 +121,11 @@ def main(argv=None):
                  "conditions": ["+".join(condition) for condition in conditions]}
     quality_model, out_of_fold = quality.fit_quality_model(rows, dice, groups, names, args.false_flag_rate,
                                                            fitted_on=fitted_on)
+    for rate in args.compare_rates:
+        _, other = quality.fit_quality_model(rows, dice, groups, names, rate)
+        print(f"--false-flag-rate {rate}, out of fold: flagged {other['flagged']:.1%}, caught {other['caught']:.1%}; "
+              "by condition:")
+        print(by_condition(rows, other["per_row"]))
     print(f"features: {', '.join(names)}; flag at risk >= {quality_model.flag_risk:.4f}")
     print("\n".join(scoring.format_quality(out_of_fold)))
     print("out of fold, by condition:")
@@ -117,6 +133,12 @@ def main(argv=None):
     if args.report:
         runfolder.save_json({"features": names, "quality_model": quality_model.to_dict(),
                              "out_of_fold": out_of_fold, "rows": rows}, args.report)
+    if args.figure:
+        from lesion_unet import plots
+
+        plots.save_quality_figure(out_of_fold["per_row"]["expected_dice"], dice, out_of_fold["per_row"]["review"],
+                                  out_of_fold, args.figure, title=f"{os.path.basename(args.model)}: validation "
+                                  f"images and {len(conditions) - 1} shifted copies, out of fold")
     if args.attach:
         quality.attach_to_keras(quality_model, args.model)
         print(f"attached the quality model to {args.model}")

@@ -19,7 +19,7 @@ parse their command lines and call these.
 
 import importlib
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 # name -> the module that defines it
 _API = {

@@ -143,9 +143,9 @@ def save_quality_figure(expected, actual, review, report, path, title="Quality e
                    f"AUC {auc}; flagged {report['flagged']:.0%}, catching {caught}", fontsize=9)
     axis.set_xlabel("expected Dice (quality estimate)")
     axis.set_ylabel("actual Dice")
-    axis.set_xlim(0, 1.01)
+    axis.set_xlim(min(0.5, float(expected.min()) - 0.05) if len(expected) else 0.0, 1.01)  # where the estimates lie
     axis.set_ylim(0, 1.01)
-    axis.legend(fontsize=7, loc="lower right")
+    axis.legend(fontsize=7, loc="upper left")
     save_figure(fig, path)
 
 

@@ -294,7 +294,7 @@ def fit_quality_model(rows, dice, groups, names, false_flag_rate=0.10, folds=5, 
     Returns:
         `(quality_model, out_of_fold)`: the model fitted on all rows, and `quality_report` of the
         out-of-fold expected Dice and flags (each fold's model and threshold applied to the images it
-        did not see), with those per row under `per_row` (`expected_dice`, `review`).
+        did not see), with those per row under `per_row` (`expected_dice`, `review`, `risk`).
     """
     from sklearn.model_selection import GroupKFold
 
@@ -316,7 +316,8 @@ def fit_quality_model(rows, dice, groups, names, false_flag_rate=0.10, folds=5, 
                            failures=int(failed.sum()), false_flag_rate=false_flag_rate, folds=folds,
                            out_of_fold={key: out_of_fold[key] for key in ("auc", "caught", "flagged", "n_images",
                                                                           "n_failures")})
-    out_of_fold["per_row"] = {"expected_dice": expected_oof.tolist(), "review": review_oof.tolist()}
+    out_of_fold["per_row"] = {"expected_dice": expected_oof.tolist(), "review": review_oof.tolist(),
+                              "risk": risk_oof.tolist()}
     return model, out_of_fold
 
 
