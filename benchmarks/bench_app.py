@@ -1,7 +1,7 @@
 """Time and memory of the web app (`app.py`) per uploaded image, from small to 12000x9000.
 
-    python benchmarks/bench_app.py                        # the pre-trained .keras model
-    python benchmarks/bench_app.py --model best.onnx      # an exported model (no TensorFlow)
+    python -m benchmarks.bench_app                        # the pre-trained .keras model
+    python -m benchmarks.bench_app --model best.onnx      # an exported model (no TensorFlow)
 
 Starts `app.py --port 0` in its own process, then uploads, in order of size, a synthetic 512x384 PNG,
 a 4000x3000 JPEG, a 12000x9000 JPEG and a 12000x9000 PNG (a lesion-like dark ellipse on skin tone),
@@ -20,7 +20,6 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def _memory_mb(pid):

@@ -1,7 +1,7 @@
 """Compute benchmark: training and inference images per second of both models, as a share of peak.
 
-    python benchmarks/bench_compute.py                          # both models, 128x128 and 192x256
-    python benchmarks/bench_compute.py --models improved --sizes 128x128 --precisions float32 mixed
+    python -m benchmarks.bench_compute                          # both models, 128x128 and 192x256
+    python -m benchmarks.bench_compute --models improved --sizes 128x128 --precisions float32 mixed
 
 For each model, input size and precision: the model is built and compiled as `train.py` does
 (per-image Dice + BCE, Adam, the training metrics) and timed on random batches held in memory, so the
@@ -21,12 +21,10 @@ import time
 import keras
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lesion_unet import losses  # noqa: E402
-from lesion_unet.distribution import set_mixed_precision  # noqa: E402
-from lesion_unet.basic_unet import build_unet  # noqa: E402
-from lesion_unet.improved_unet import build_improved_unet  # noqa: E402
+from lesion_unet import losses
+from lesion_unet.distribution import set_mixed_precision
+from lesion_unet.basic_unet import build_unet
+from lesion_unet.improved_unet import build_improved_unet
 
 BUILDERS = {"improved": build_improved_unet, "basic": build_unet}
 

@@ -1,9 +1,9 @@
 """Time of hair removal (`--remove-hair`) per image, and `predict.py`'s speed with and without it.
 
-    python benchmarks/bench_hair_removal.py                    # the pre-trained model, 48 images a size
-    python benchmarks/bench_hair_removal.py --images ../shared/data/isic2017/images   # real images instead
+    python -m benchmarks.bench_hair_removal                    # the pre-trained model, 48 images a size
+    python -m benchmarks.bench_hair_removal --images ../shared/data/isic2017/images   # real images instead
 
-Writes `--count` synthetic JPEGs (dark hairs drawn on, as `shift_protocol.py --shifts hair` does) at
+Writes `--count` synthetic JPEGs (dark hairs drawn on, as `protocol.py shift --shifts hair` does) at
 each size: the ISIC copy's 256x192, PH2's 765x574 and a 4000x3000 photo. For each size it times
 `lesion_files.read_image` at the model's input size against `hair_removal.read_image_without_hair`
 (the filter runs at 256 pixels on the long side, whatever the photo's size), then
@@ -20,9 +20,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs
 
 
 def _size(text):

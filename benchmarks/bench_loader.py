@@ -1,7 +1,7 @@
 """Loader benchmark: building the decoded-image cache from full-size JPEGs, then feeding batches.
 
-    python benchmarks/bench_loader.py                        # 2,594 synthetic 4000x3000 pairs
-    python benchmarks/bench_loader.py --count 200 --keep     # smaller, keep the files
+    python -m benchmarks.bench_loader                        # 2,594 synthetic 4000x3000 pairs
+    python -m benchmarks.bench_loader --count 200 --keep     # smaller, keep the files
 
 Writes `--count` synthetic pairs at `--full-size` (JPEG images, PNG masks, like the ISIC 2018
 downloads; the pixels of `--distinct` different lesions, each file written separately), then measures:
@@ -24,12 +24,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lesion_unet import cache  # noqa: E402
-from lesion_unet import data as dataGenerator  # noqa: E402
-from lesion_unet import runfolder  # noqa: E402
-from lesion_unet import synthetic  # noqa: E402
+from lesion_unet import cache
+from lesion_unet import data as dataGenerator
+from lesion_unet import runfolder
+from lesion_unet import synthetic
 
 
 def write_full_size_pairs(folder, count, full_size, distinct, seed):

@@ -1,6 +1,6 @@
 """Peak memory of `predict.py` on a very large photo, against the same run on a small one.
 
-    python benchmarks/bench_memory.py                    # a 10000x8000 JPEG, 80 megapixels
+    python -m benchmarks.bench_memory                    # a 10000x8000 JPEG, 80 megapixels
 
 Each case runs `predict.py` in its own process and reads that process's peak resident set size. The
 small image gives the fixed cost (Python, TensorFlow, the model); the difference is what the large

@@ -1,6 +1,6 @@
 """Inference speed of the exported ONNX model under ONNX Runtime against the Keras model on TensorFlow.
 
-    python benchmarks/bench_onnx.py [--model pretrained/improved_unet.keras] [--seconds 20]
+    python -m benchmarks.bench_onnx [--model pretrained/improved_unet.keras] [--seconds 20]
 
 Exports the model (export.py's code) to a temporary folder, then times the network alone
 (`predict_on_batch` on random model-sized input, no image decoding) at batch 1 and batch 16, each
@@ -9,13 +9,10 @@ engine in turn, in one process, after one warm-up call. Prints one Markdown row 
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lesion_unet import settings  # noqa: E402
+from lesion_unet import settings
 
 
 def images_per_second(model, batch, seconds):

@@ -1,7 +1,7 @@
 """Time to accuracy: wall clock from starting `train.py` to the first epoch reaching a validation Dice.
 
-    python benchmarks/time_to_accuracy.py --data ../shared/data/isic2017
-    python benchmarks/time_to_accuracy.py --data ../shared/data/isic2017 -- --mixed-precision
+    python -m benchmarks.time_to_accuracy --data ../shared/data/isic2017
+    python -m benchmarks.time_to_accuracy --data ../shared/data/isic2017 -- --mixed-precision
 
 Starts `python train.py --data DATA --out OUT [extra train.py arguments after --]` and watches the
 run's `history.csv`. Reports the seconds from the start of the command to the end of the first epoch

@@ -198,7 +198,7 @@ def load_quality_model(path):
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         logging.getLogger("lesion_unet.inference").warning(
             "%s; the quality estimate is off (expected Dice and review flag unknown): re-export or re-fit it "
-            "(benchmarks/quality_protocol.py --attach)", error)
+            "(protocol.py quality --attach)", error)
         return None
 
 

@@ -183,7 +183,7 @@ def kfold_split(pairs, folds, fold, val_fraction=DEFAULT_SPLIT[1], seed=0, by="r
     `by="order"` the sorted ids are cut into `folds` runs of consecutive ids, so that a test fold is a
     block of the archive: where ids follow the order in which images arrived, and one source's images
     came together (in ISIC 2017 the blocks differ in colour, dark corners and lesion size:
-    `benchmarks/archive_order.py`), such a fold holds images whose neighbours the training folds do not
+    `experiments/archive_order.py`), such a fold holds images whose neighbours the training folds do not
     have, a stand-in for another source. Either way part `fold` is the test
     split, so the test splits of folds `0 .. folds-1` cover every pair exactly once. From the rest,
     permuted with `seed`, the first `val_fraction` of all pairs is the validation split, the others

@@ -151,7 +151,7 @@ def save_quality_figure(expected, actual, review, report, path, title="Quality e
 
 def save_before_after_figure(cases, path, title, before="as it is", after="after"):
     """Saves rows of (image before, image after) a preprocessing step, each with the ground truth's
-    outline (green) and the prediction's (magenta), e.g. hair removal (`benchmarks/dehair_protocol.py`).
+    outline (green) and the prediction's (magenta), e.g. hair removal (`experiments/dehair_protocol.py`).
 
     Args:
         cases: list of dicts with `label`, `id`, `truth` (boolean mask), and for `"before"` and

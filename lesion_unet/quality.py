@@ -7,7 +7,7 @@ turns them into an **expected Dice** (the Dice that images scoring alike had aga
 and a **review flag** (check this mask by eye).
 
 The quality model is fitted for one segmentation model, on images that model did not train on
-(`fit_quality_model`, run by `benchmarks/quality_protocol.py`), and travels with it: inside its
+(`fit_quality_model`, run by `protocol.py quality`, `lesion_unet.protocol.quality_fit`), and travels with it: inside its
 `.keras` file (`QUALITY_MEMBER`, written by `attach_to_keras`), in an exported model's `.onnx.json`,
 and in the model card. A model without one still segments; its expected Dice and flag are then
 unknown (`None`).

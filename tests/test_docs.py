@@ -2,6 +2,7 @@
 parser, and `docs/reference/cli.md` is what the parsers print (`UPDATE_DOCS=1 python -m pytest -n 0
 tests/test_docs.py` rewrites it after a flag changes)."""
 
+import argparse
 import glob
 import importlib
 import os
@@ -21,14 +22,23 @@ FENCE = re.compile(r"```(?:bash|sh)?\n(.*?)```", re.S)
 def _parsers():
     """Each root script's parser, by the name a user types."""
     parsers = {}
-    for script in ("train", "evaluate", "predict", "export", "app", "download_isic", "make_figures", "synthetic"):
+    for script in ("train", "evaluate", "predict", "export", "app", "download_isic", "make_figures", "synthetic",
+                   "protocol"):
         parsers[f"{script}.py"] = importlib.import_module(script).build_parser()
     parsers["dataGenerator.py"] = importlib.import_module("dataGenerator")._argument_parser()
     parsers["model_improved.py"] = cliargs.model_summary_parser("Improved U-Net", 16, 5, "resolution levels")
     parsers["model_basic.py"] = cliargs.model_summary_parser("basic U-Net", 64, 4, "number of poolings")
     for name, parser in parsers.items():
         parser.prog = f"python {name}"
+        for command, subparser in _subcommands(parser).items():
+            subparser.prog = f"python {name} {command}"
     return parsers
+
+
+def _subcommands(parser):
+    """`{name: parser}` of a parser's subcommands (`protocol.py shift`, ...), or `{}`."""
+    actions = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
 
 
 def render_cli_reference():
@@ -38,6 +48,8 @@ def render_cli_reference():
                  "This page is generated from the parsers, and a test keeps it so.\n"]
         for name, parser in _parsers().items():
             parts.append(f"\n## {name}\n\n```text\n{parser.format_help().rstrip()}\n```\n")
+            for command, subparser in _subcommands(parser).items():
+                parts.append(f"\n### {name} {command}\n\n```text\n{subparser.format_help().rstrip()}\n```\n")
         return "".join(parts)
     finally:
         del os.environ["COLUMNS"]
@@ -98,7 +110,7 @@ def _commands():
 
 
 _SCRIPTS = ("train.py", "evaluate.py", "predict.py", "export.py", "app.py", "download_isic.py", "make_figures.py",
-            "synthetic.py", "dataGenerator.py", "model_improved.py", "model_basic.py")
+            "synthetic.py", "dataGenerator.py", "model_improved.py", "model_basic.py", "protocol.py")
 
 
 def test_every_command_the_docs_show_parses(capsys):
@@ -111,7 +123,12 @@ def test_every_command_the_docs_show_parses(capsys):
         words = shlex.split(re.sub(r"\[([^\]|]*)\]", r"\1", line))
         words = [word for word in words if word not in ("|", "...")]
         try:
-            parsers[words[1]].parse_args(words[2:])
+            if words[1] == "protocol.py" and "--" in words:  # `protocol.py cv ... -- TRAIN.PY FLAGS`
+                split = words.index("--")
+                parsers["protocol.py"].parse_args(words[2:split])
+                parsers["train.py"].parse_args(words[split + 1 :])
+            else:
+                parsers[words[1]].parse_args(words[2:])
         except SystemExit:
             refused.append(f"{doc}: {line}: {capsys.readouterr().err.strip()}")
     assert refused == []

@@ -94,13 +94,13 @@ def test_remove_hair_flag_reaches_the_model_input_and_the_report(trained_run, sy
 @pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=f"real data not found at {REAL_DATA}")
 def test_remove_hair_is_what_the_protocol_measured_and_helps_under_drawn_hair():
     """On real validation images with the shipped model: `evaluate_pairs(remove_hair=True)` scores as
-    `benchmarks/dehair_protocol.py` did, and painting drawn hairs over raises Dice (not on every image:
+    `experiments/dehair_protocol.py` did, and painting drawn hairs over raises Dice (not on every image:
     on the first 8 it is lower, as a small lesion under hair loses 0.21)."""
     from lesion_unet import inference
     from lesion_unet import metrics
     from lesion_unet import scoring
     from lesion_unet import settings
-    import shift_protocol
+    from lesion_unet.protocol import shift as shift_protocol
 
     model = inference.load_model(settings.DEFAULT_MODEL)
     pairs = shift_protocol.split_part(REAL_DATA)[:16]

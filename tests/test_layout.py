@@ -24,8 +24,13 @@ def _imports(path):
 
 
 def _package_modules():
-    return {f"lesion_unet.{name[:-3]}": os.path.join(PACKAGE, name)
-            for name in os.listdir(PACKAGE) if name.endswith(".py") and name != "__init__.py"}
+    """`{dotted name: file}` of every module of the package and its subpackages (not `__init__.py`)."""
+    modules = {}
+    for folder, _, names in os.walk(PACKAGE):
+        prefix = os.path.relpath(folder, ROOT).replace(os.sep, ".")
+        modules.update({f"{prefix}.{name[:-3]}": os.path.join(folder, name)
+                        for name in names if name.endswith(".py") and name != "__init__.py"})
+    return modules
 
 
 def test_package_modules_import_no_root_file_and_form_no_cycle():
@@ -56,7 +61,8 @@ def test_package_modules_import_no_root_file_and_form_no_cycle():
 
 
 def test_no_sys_path_edits_in_the_package_the_scripts_or_the_tests():
-    folders = [PACKAGE, ROOT, os.path.join(ROOT, "tests")]
+    folders = [PACKAGE, os.path.join(PACKAGE, "protocol"), ROOT,
+               *(os.path.join(ROOT, name) for name in ("tests", "benchmarks", "experiments"))]
     edits = [os.path.join(folder, name) for folder in folders for name in sorted(os.listdir(folder))
              if name.endswith(".py") and "sys.path." in open(os.path.join(folder, name), encoding="utf-8").read()
              and name != "test_layout.py"]

@@ -6,19 +6,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, TINY
+from conftest import TINY, run_script
 from lesion_unet.errors import InputError
 
-import archive_order  # noqa: E402
-import block_gap  # noqa: E402
-import compare_protocols  # noqa: E402
-import cv_protocol  # noqa: E402
-import ensemble_protocol  # noqa: E402
-import paired_gap  # noqa: E402
-import colour_protocol  # noqa: E402
-import dehair_protocol  # noqa: E402
-import postprocess_variants  # noqa: E402
-import shift_protocol  # noqa: E402
+import protocol
+from experiments import archive_order, block_gap, colour_protocol, dehair_protocol, ensemble_protocol, paired_gap
+from experiments import postprocess_variants
+from lesion_unet.protocol import compare as compare_protocols
+from lesion_unet.protocol import shift as shift_protocol
+
+
+class _Command:
+    """`protocol.py NAME` with the interface of a script module: `main(argv)`."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def main(self, argv):
+        return protocol.main([self.name, *argv])
+
+
+cv_protocol, shift_command, compare_command = _Command("cv"), _Command("shift"), _Command("compare")
 
 
 def test_zoom_shift_doubles_the_lesion_share_and_keeps_sizes():
@@ -385,9 +393,9 @@ def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
 
 
 @pytest.mark.parametrize("script, argv, expected", [
-    (shift_protocol, ["--model", "m.keras", "--data", "d", "--scales", "1", "0"], "--scales: must be a finite number > 0"),
-    (shift_protocol, ["--model", "m.keras", "--data", "d", "--threshold", "nan"], "--threshold: must be a finite number"),
-    (shift_protocol, ["--model", "m.keras", "--data", "d", "--seed", "-1"], "--seed: must be an integer >= 0"),
+    (shift_command, ["--model", "m.keras", "--data", "d", "--scales", "1", "0"], "--scales: must be a finite number > 0"),
+    (shift_command, ["--model", "m.keras", "--data", "d", "--threshold", "nan"], "--threshold: must be a finite number"),
+    (shift_command, ["--model", "m.keras", "--data", "d", "--seed", "-1"], "--seed: must be an integer >= 0"),
     (cv_protocol, ["--out", "o", "--folds", "1"], "--folds: must be an integer >= 2"),
     (cv_protocol, ["--out", "o", "--parallel", "0"], "--parallel: must be an integer >= 1, got 0"),
     (cv_protocol, ["--out", "o", "--shifts", "rain"], "--shifts: invalid choice: 'rain'"),  # before any fold trains
@@ -399,7 +407,7 @@ def test_compare_protocols_refuses_reports_of_other_images(tmp_path):
      "--figure draws the hair condition: add hair to --shifts"),
     (dehair_protocol, ["--model", "m.keras", "--data", "d", "--out", "o", "--shifts", "hair", "--figure-real", "f.png"],
      "--figure-real draws the unshifted images: add none to --shifts"),
-    (compare_protocols, ["a.json", "b.json", "--resamples", "0"], "--resamples: must be an integer >= 100"),
+    (compare_command, ["a.json", "b.json", "--resamples", "0"], "--resamples: must be an integer >= 100"),
     (block_gap, ["--model", "m.keras", "--data", "d", "--block", "b", "a"], "--block b a: the first id sorts after"),
     (archive_order, ["--data", "d", "--block-size", "0"], "--block-size: must be an integer >= 1"),
     (paired_gap, ["a.json", "b.json", "--resamples", "5"], "--resamples: must be an integer >= 100"),
@@ -409,3 +417,17 @@ def test_protocol_scripts_check_their_flags_in_one_line(script, argv, expected, 
         script.main(argv)
     error = capsys.readouterr().err
     assert stop.value.code == 2 and expected in error and len(error.strip().splitlines()) == 1, error
+
+
+def test_protocol_py_compares_without_keras_and_passes_train_flags_to_cv_only(tmp_path, capsys):
+    base = _report(tmp_path / "base.json", {"none": [0.9, 0.8, 0.7, 0.6]})
+    better = _report(tmp_path / "better.json", {"none": [1.0, 0.9, 0.8, 0.7]})
+    code = ("import sys, protocol\n"
+            f"protocol.main(['compare', {base!r}, {better!r}, '--resamples', '100', '--labels', 'base', 'better'])\n"
+            "print(sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules)))\n")
+    result = run_script("-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "[]" and "| better | 4 | 0.8500 | +0.1000 (+0.1000 to +0.1000)" in result.stdout
+    with pytest.raises(SystemExit):
+        protocol.main(["compare", base, better, "--", "--epochs", "1"])
+    assert "'--' passes train.py flags to 'cv' only; drop it from 'compare'" in capsys.readouterr().err

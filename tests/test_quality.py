@@ -267,12 +267,12 @@ def test_evaluate_reports_how_the_estimate_ranked_failures(rated_run, synthetic_
 
 
 def test_protocol_measures_each_copy_as_evaluate_scores_it(synthetic_dir):
-    """`quality_protocol.measure`: per copy, the Dice that evaluate.py gives the unshifted image and the
+    """`protocol.py quality`'s `measure`: per copy, the Dice that evaluate.py gives the unshifted image and the
     features of the model-size map; combined shifts are named with '+'."""
     from lesion_unet import quiet
 
     quiet.import_keras()
-    import quality_protocol
+    from lesion_unet.protocol import quality_fit as quality_protocol
     from lesion_unet import inference
     from lesion_unet import lesion_files
     from lesion_unet import scoring

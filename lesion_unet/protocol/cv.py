@@ -1,8 +1,8 @@
 """The generalisation protocol for one training recipe: k-fold training, then Dice by lesion size and
 under shifts, pooled over the folds' test splits.
 
-    python benchmarks/cv_protocol.py --out runs/cv_default -- --data ../shared/data/isic2017
-    python benchmarks/cv_protocol.py --out runs/cv_zoom -- --data ../shared/data/isic2017 --zoom 0.8 1.4
+    python protocol.py cv --out runs/cv_default -- --data data/isic2017
+    python protocol.py cv --out runs/cv_zoom -- --data data/isic2017 --zoom 0.8 1.4
 
 Everything after `--` goes to `train.py` as it is (the recipe); this script adds `--folds K --fold I
 --out OUT/foldI` for each fold. Each fold gets `train.py`'s default time budget on real data (90 min,
@@ -12,8 +12,8 @@ finished is kept, one that was interrupted is resumed, so the command can be rer
 is done. `--parallel N` trains N folds at once, each in its own
 `train.py` process logging to `OUT/foldI.log` (for a GPU that one run leaves idle; on a 2-core CPU one
 at a time is fastest). The result, `OUT/protocol.md` (the table of
-`benchmarks/shift_protocol.py`, with the spread over folds) and `OUT/protocol.json` (per-image rows),
-compares recipes on every image once. See README, "Judging generalisation to other sources".
+`protocol.py shift`, with the spread over folds) and `OUT/protocol.json` (per-image rows),
+compares recipes on every image once (`protocol.py compare`).
 """
 
 import os
@@ -21,11 +21,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
-import shift_protocol  # noqa: E402 (beside this file; imports no Keras)
+from lesion_unet import cliargs
+from lesion_unet.protocol import shift
 
 
 def fold_dirs(out, folds):
@@ -47,13 +44,15 @@ def fold_arguments(out, folds, train_args):
     return todo
 
 
-def run_folds(out, folds, train_args, parallel=1):
+def run_folds(out, folds, train_args, train_main, parallel=1):
     """Trains (or resumes, or keeps) each fold's run; returns the run folders.
 
     Args:
         out: folder of the fold runs.
         folds: number of folds.
         train_args: `train.py` arguments of the recipe.
+        train_main: `train.py`'s `main` (its caller passes it, so this package never imports a script):
+            each fold runs it here, or, with `parallel` > 1, runs its file in a process of its own.
         parallel: folds trained at once, each in its own process; 1 trains them here, one by one.
 
     Raises:
@@ -62,16 +61,14 @@ def run_folds(out, folds, train_args, parallel=1):
     runs = fold_dirs(out, folds)
     todo = fold_arguments(out, folds, train_args)
     if parallel > 1:
-        _run_in_processes(out, todo, parallel)
+        _run_in_processes(out, todo, parallel, os.path.abspath(sys.modules[train_main.__module__].__file__))
         return runs
     import keras
-
-    import train
 
     for index, arguments in todo.items():
         print(f"fold {index}: {_doing(arguments)} {runs[index]}")
         keras.backend.clear_session()
-        if train.main(arguments) != 0:
+        if train_main(arguments) != 0:
             raise RuntimeError(f"fold {index}: training stopped early; see {runs[index]}")
     return runs
 
@@ -80,13 +77,13 @@ def _doing(arguments):
     return "resuming" if "--resume" in arguments else "training"
 
 
-def _run_in_processes(out, todo, parallel):
-    """Runs `train.py` for each fold of `todo`, `parallel` at a time, each logging to `OUT/foldI.log`.
+def _run_in_processes(out, todo, parallel, script):
+    """Runs the `train.py` file `script` for each fold of `todo`, `parallel` at a time, each logging to
+    `OUT/foldI.log`.
 
     Raises:
         RuntimeError: a fold's process failed (after the others have finished).
     """
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
     os.makedirs(out, exist_ok=True)
     waiting, running, failed = list(todo.items()), {}, []
     try:
@@ -114,37 +111,33 @@ def _run_in_processes(out, todo, parallel):
         raise RuntimeError("training stopped early: " + ", ".join(message for _, message in sorted(failed)))
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    train_args = argv[argv.index("--") + 1 :] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
-    parser = cliargs.ArgumentParser(description=__doc__.splitlines()[0],
-                                    usage="%(prog)s --out DIR [--folds K] -- TRAIN.PY FLAGS")
+def add_arguments(parser):
+    """`protocol.py cv`'s own flags (the recipe's `train.py` flags follow `--`)."""
+    parser.usage = "%(prog)s --out DIR [--folds K] -- TRAIN.PY FLAGS"
     parser.add_argument("--out", required=True, help="folder for the fold runs and the protocol's report")
     parser.add_argument("--folds", type=cliargs.int_range(2, 100), default=5,
                         help="number of folds, 2 to 100 (default: %(default)s)")
     parser.add_argument("--parallel", type=cliargs.int_range(1), default=1,
                         help="folds to train at once, each in its own process (default: %(default)s)")
-    parser.add_argument("--shifts", nargs="+", default=None, choices=shift_protocol.SHIFTS + shift_protocol.EXTRA_SHIFTS,
+    parser.add_argument("--shifts", nargs="+", default=None, choices=shift.SHIFTS + shift.EXTRA_SHIFTS,
                         help="shifts to score: none, zoom, dark, vignette, blur, and hair only when named "
                              "(default: the first five)")
-    args = parser.parse_args(own)
+
+
+def run(args, train_args, train_main, parser):
+    """`protocol.py cv`: trains the folds (`run_folds`), scores their test splits, writes the report."""
     if any(flag in train_args for flag in ("--out", "--folds", "--fold", "--resume", "--overwrite")):
         parser.error("--out, --folds, --fold, --resume and --overwrite are this script's to set")
 
     from lesion_unet import runfolder
 
-    runs = run_folds(args.out, args.folds, train_args, args.parallel)
-    results = shift_protocol.score_runs(runs, args.shifts or shift_protocol.SHIFTS)
+    runs = run_folds(args.out, args.folds, train_args, train_main, args.parallel)
+    results = shift.score_runs(runs, args.shifts or shift.SHIFTS)
     runfolder.save_json(results, os.path.join(args.out, "protocol.json"))
-    table = shift_protocol.table(results)
+    table = shift.table(results)
     print(table)
     with runfolder.atomic_write(os.path.join(args.out, "protocol.md")) as tmp_path, \
             open(tmp_path, "w", encoding="utf-8") as handle:
         handle.write(f"train.py {' '.join(train_args)} ({args.folds} folds)\n\n{table}\n")
     print(f"wrote {os.path.join(args.out, 'protocol.md')} and protocol.json")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,8 +2,8 @@
 # Run HERE before a lent GPU run (the `device` tool): puts a copy of the data in .gpudata/ and the
 # wheels that the device's Python 3.12 image lacks in .whl/ (Keras and albumentations with their
 # missing dependencies, at the versions this venv runs), both kept out of git. Then, on the device:
-#   run(command='bash benchmarks/gpu_ablation.sh ...', carry=['.gpudata', '.whl'])
-# Usage: bash benchmarks/gpu_prepare.sh [DATA_DIR]   (default: ../shared/data/isic2017)
+#   run(command='bash tools/gpu_ablation.sh ...', carry=['.gpudata', '.whl'])
+# Usage: bash tools/gpu_prepare.sh [DATA_DIR]   (default: ../shared/data/isic2017)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data/isic2017}

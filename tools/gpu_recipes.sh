@@ -3,7 +3,7 @@
 # Runs train.py with KERAS_BACKEND=jax at three input sizes with about equal CPU-time budgets
 # (128x128 for 30 epochs, 160x208 for 20, 192x256 for 15), and one 128x128 run without augmentation.
 # Expects the data in .gpudata/{images,masks} and Keras's wheels in .whl/ (see docs/benchmarks.md).
-# Usage on the device: bash benchmarks/gpu_recipes.sh "$OUT"
+# Usage on the device: bash tools/gpu_recipes.sh "$OUT"
 set -u
 out=${1:-gpu_runs}
 mkdir -p "$out"

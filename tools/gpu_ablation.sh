@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Issue 10's ablation on a lent GPU (the `device` tool), in one command: for each recipe, the five
-# folds of cv_protocol.py, trained at once, and one run on the default split (the model that recipe
-# would ship), all recipes side by side; then compare_protocols.py's table, the first recipe the baseline.
+# folds of protocol.py cv, trained at once, and one run on the default split (the model that recipe
+# would ship), all recipes side by side; then protocol.py compare's table, the first recipe the baseline.
 # One training leaves an H100 mostly idle at batch 16 (docs/benchmarks.md), so the runs share one GPU (how
 # well is not measured yet: the progress lines log its use, for sizing the next call).
 #
-# Here first: bash benchmarks/gpu_prepare.sh   (the data in .gpudata/, the wheels in .whl/)
+# Here first: bash tools/gpu_prepare.sh   (the data in .gpudata/, the wheels in .whl/)
 # On the device: run(carry=['.gpudata', '.whl'], timeout_s=600,
-#   command='bash benchmarks/gpu_ablation.sh "$OUT" 560 default= zoom="--zoom 0.8 1.4"')
+#   command='bash tools/gpu_ablation.sh "$OUT" 560 default= zoom="--zoom 0.8 1.4"')
 # (12 processes for 16 CPU cores; a third recipe, e.g. aspect="--image-size 96 128", makes 18 and fewer epochs each)
 # Comes back in OUT: ablation.md, results.tar.gz (per-recipe protocol.md/.json, logs, every run's
 #   config, history and metrics) and NAME.keras, the default-split run's best model of each recipe.
-# Usage: bash benchmarks/gpu_ablation.sh OUT SECONDS NAME="TRAIN.PY FLAGS" [NAME="FLAGS" ...]
+# Usage: bash tools/gpu_ablation.sh OUT SECONDS NAME="TRAIN.PY FLAGS" [NAME="FLAGS" ...]
 #   SECONDS bounds the whole script. Environment for a dry run on a CPU: PYTHON (default python3, with
 #   the .whl install), DATA (default .gpudata), EXTRA (flags added to every run, e.g. a tiny model),
 #   FOLD_BY (default random; "order" for folds of consecutive ids, the default-split run unaffected),
@@ -51,7 +51,7 @@ for recipe in "$@"; do
   names+=("$name")
   # $time_budget, $flags and $extra are split into words on purpose: they hold several words.
   # shellcheck disable=SC2086
-  timeout "$(( deadline - $(date +%s) ))" "$PYTHON" benchmarks/cv_protocol.py --out "$work/$name" --folds "${FOLDS:-5}" \
+  timeout "$(( deadline - $(date +%s) ))" "$PYTHON" protocol.py cv --out "$work/$name" --folds "${FOLDS:-5}" \
     --parallel "${FOLDS:-5}" -- --data "$data" --workers 1 --fold-by "${FOLD_BY:-random}" $time_budget $flags $extra \
     > "$work/$name.cv.log" 2>&1 &
   # shellcheck disable=SC2086
@@ -79,7 +79,7 @@ for name in "${names[@]}"; do
   grep -E "^(dice|jaccard|threshold_jaccard) |best validation" "$work/$name.final.log"
 done
 if [ "${#reports[@]}" -ge 2 ]; then
-  "$PYTHON" benchmarks/compare_protocols.py "${reports[@]}" --labels "${labels[@]}" --out "$work/ablation.md" \
+  "$PYTHON" protocol.py compare "${reports[@]}" --labels "${labels[@]}" --out "$work/ablation.md" \
     2> "$work/compare.log" && cp "$work/ablation.md" "$out/"
 fi
 for name in "${names[@]}"; do [ -f "$work/$name/protocol.md" ] && cat "$work/$name/protocol.md"; done

@@ -1,29 +1,25 @@
 """Small ensembles under the shift protocol: each model alone and the mean of each group's probabilities.
 
-    python benchmarks/ensemble_protocol.py --models pretrained/improved_unet.keras \\
-        runs/bf16_zoom18/best.keras runs/bf16_input_norm/best.keras --data ../shared/data/isic2017 \\
+    python -m experiments.ensemble_protocol --models pretrained/improved_unet.keras \\
+        runs/bf16_zoom18/best.keras runs/bf16_input_norm/best.keras --data data/isic2017 \\
         --out runs/ens
-    python benchmarks/compare_protocols.py runs/ens.A.json runs/ens.AB.json runs/ens.ABC.json
+    python protocol.py compare runs/ens.A.json runs/ens.AB.json runs/ens.ABC.json
 
-Every model sees the protocol's images (`shift_protocol.py`: the validation split, five conditions) once;
+Every model sees the protocol's images (`protocol.py shift`: the validation split, five conditions) once;
 for each group of models (named by letters in the order given: A, B, AB, ...) the mean of their lesion
 probabilities, at the mask's own size, goes through `evaluate.py`'s mask step, and the group's per-image
-rows go to `OUT.<letters>.json`, a report `compare_protocols.py` reads. An ensemble helps where its
+rows go to `OUT.<letters>.json`, a report `protocol.py compare` reads. An ensemble helps where its
 members' errors differ; where they fail on the same images, it does not.
 """
 
 import itertools
-import os
 import string
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shift_protocol, beside this file
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
-import shift_protocol  # noqa: E402
+from lesion_unet import cliargs
+from lesion_unet.protocol import shift as shift_protocol
 
 MAX_MODELS = 4  # 15 groups; more would score too many groups to read
 

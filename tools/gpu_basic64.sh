@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The basic U-Net at the paper's width (64 base filters, 31 M parameters), which the 2-core CPU
 # trains at ~2 img/s, trained on a lent GPU with the default recipe for the results table.
-# Usage on the device: bash benchmarks/gpu_basic64.sh "$OUT"   (data in .gpudata, wheels in .whl)
+# Usage on the device: bash tools/gpu_basic64.sh "$OUT"   (data in .gpudata, wheels in .whl)
 set -u
 out=${1:-gpu_runs}
 mkdir -p "$out"

@@ -1,6 +1,6 @@
 """What holding a block out costs, measured on the same images: two block_gap.py reports, paired.
 
-    python benchmarks/paired_gap.py runs/gap_order_fold1_best.json runs/gap_shipped_fold1.json
+    python -m experiments.paired_gap runs/gap_order_fold1_best.json runs/gap_shipped_fold1.json
 
 `block_gap.py` compares a model's Dice on a block with its Dice on other images, which are different
 images: the gap mixes what the model lacks with how hard the block is. Here two reports are paired on
@@ -13,15 +13,12 @@ more A loses inside the block than elsewhere, which the two models' other differ
 training-set size, precision) do not explain, since those cost A alike on both groups.
 """
 
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
-from block_gap import BOOTSTRAP_RESAMPLES, GROUPS, in_block  # noqa: E402
+from lesion_unet import cliargs
+from experiments.block_gap import BOOTSTRAP_RESAMPLES, GROUPS, in_block
 
 
 def paired_differences(rows_a, rows_b, block):

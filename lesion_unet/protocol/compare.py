@@ -1,10 +1,10 @@
 """Ablation table: recipes (or models) compared under the generalisation protocol, image by image.
 
-    python benchmarks/compare_protocols.py runs/cv_default/protocol.json runs/cv_zoom/protocol.json
-    python benchmarks/compare_protocols.py base.json zoom.json strong.json --labels default zoom strong
+    python protocol.py compare runs/cv_default/protocol.json runs/cv_zoom/protocol.json
+    python protocol.py compare base.json zoom.json strong.json --labels default zoom strong
 
-Each input is a per-image report of the protocol: `protocol.json` of `cv_protocol.py` (five folds'
-test splits, every image once) or the `--report` JSON of `shift_protocol.py`. All inputs must hold the
+Each input is a per-image report of the protocol: `protocol.json` of `protocol.py cv` (five folds'
+test splits, every image once) or the `--report` JSON of `protocol.py shift`. All inputs must hold the
 same images under the same shifts. The first input is the baseline; every other row gives its change
 of the mean Dice (and thresholded Jaccard) over all shifts, with a paired bootstrap 95% interval:
 images are resampled, so the interval reflects which images happen to be in the data, the noise that
@@ -14,13 +14,10 @@ clocks, where the report's groups are run folders (or models inside them).
 
 import json
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs
 
 BOOTSTRAP_RESAMPLES = 10_000
 
@@ -29,7 +26,7 @@ def load_report(path):
     """Reads a protocol report and pools its groups (folds) image by image.
 
     Args:
-        path: JSON written by `cv_protocol.py` or `shift_protocol.py --report`: `{group: {shift: rows}}`.
+        path: JSON written by `protocol.py cv` or `protocol.py shift --report`: `{group: {shift: rows}}`.
 
     Returns:
         `(pooled, groups)`: `pooled` is `{shift: {image id: row}}`, `groups` the report's group names.
@@ -42,10 +39,10 @@ def load_report(path):
             report = json.load(handle)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: cannot read this protocol report ({error}); give a protocol.json of "
-                         "cv_protocol.py or a --report of shift_protocol.py") from None
+                         "'protocol.py cv' or a --report of 'protocol.py shift'") from None
     if not isinstance(report, dict) or not report or not all(isinstance(group, dict) for group in report.values()):
         raise ValueError(f"{path}: not a protocol report ({{run: {{shift: rows}}}}); give a protocol.json of "
-                         "cv_protocol.py or a --report of shift_protocol.py")
+                         "'protocol.py cv' or a --report of 'protocol.py shift'")
     pooled = {}
     for group, by_shift in report.items():
         for shift, rows in by_shift.items():
@@ -182,11 +179,11 @@ def table(results):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = cliargs.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser):
+    """`protocol.py compare`'s flags."""
     parser.add_argument("reports", nargs="+", metavar="REPORT",
-                        help="protocol.json of cv_protocol.py or --report JSON of shift_protocol.py; the first "
-                             "is the baseline")
+                        help="protocol.json of 'protocol.py cv' or the --report JSON of 'protocol.py shift'; the "
+                             "first is the baseline")
     parser.add_argument("--labels", nargs="+", default=None, help="a name per report (default: the paths)")
     parser.add_argument("--resamples", type=cliargs.int_range(100), default=BOOTSTRAP_RESAMPLES,
                         help="bootstrap resamples (default: %(default)s)")
@@ -194,10 +191,10 @@ def main(argv=None):
                         help="compare on these conditions alone, e.g. none zoom dark vignette blur for the "
                              "protocol's mean of a report that also has hair (default: all the reports')")
     parser.add_argument("--out", default=None, help="also write the table here (default: print only)")
-    args = parser.parse_args(argv)
-    from lesion_unet import quiet
 
-    quiet.import_keras()  # metrics.py's size bands come with Keras; without its start-up noise
+
+def run(args, parser):
+    """`protocol.py compare`: prints (and with `--out` writes) the comparison table. Loads no Keras."""
     try:
         text = table(compare(args.reports, args.labels, args.resamples, args.shifts))
     except ValueError as error:
@@ -209,7 +206,3 @@ def main(argv=None):
         with runfolder.atomic_write(args.out) as tmp_path, open(tmp_path, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Out-of-distribution protocol: per-image Dice by lesion size, on held-out images and on shifted copies.
 
-    python benchmarks/shift_protocol.py --model pretrained/improved_unet.keras --data ../shared/data/isic2017
-    python benchmarks/shift_protocol.py --runs runs/fold0 runs/fold1 runs/fold2 runs/fold3 runs/fold4
+    python protocol.py shift --model pretrained/improved_unet.keras --data data/isic2017
+    python protocol.py shift --runs runs/fold0 runs/fold1 runs/fold2 runs/fold3 runs/fold4
 
 One random split flattered the shipped model: 0.901 on its own test split, 0.835 on the official ISIC
 2017 test set, whose lesions are larger and whose cameras differ. This script measures what such data
@@ -21,14 +21,11 @@ Dice overall and in each lesion-size band, the band taken from the shifted mask.
 """
 
 import os
-import sys
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs
 
 SHIFTS = ("none", "zoom", "dark", "vignette", "blur")
 # Scored only when asked (`--shifts ... hair`), so the protocol's five-condition mean, on which every
@@ -222,7 +219,7 @@ def score_arms(model, pairs, shifts, arms, out, model_label):
         shifts: conditions, from `SHIFTS` and `EXTRA_SHIFTS`.
         arms: `[(name, preprocess)]`; `preprocess` as in `shifted_probabilities`, `None` for the images
             as they are.
-        out: each arm's rows go to `OUT.NAME.json`, a report `compare_protocols.py` reads.
+        out: each arm's rows go to `OUT.NAME.json`, a report `protocol.py compare` reads.
         model_label: the report's group name is `"MODEL_LABEL (NAME)"`.
 
     Returns:
@@ -260,8 +257,8 @@ def table(results_by_group):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = cliargs.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser):
+    """`protocol.py shift`'s flags."""
     parser.add_argument("--runs", nargs="*", default=[], help="run folders whose test splits to score "
                                                               "(e.g. the k folds) (default: none)")
     parser.add_argument("--model", default=None, help="a .keras model to score on --data's split (default: none)")
@@ -281,7 +278,10 @@ def main(argv=None):
                         help="multi-scale TTA: average the predictions of the image shrunk by each factor "
                              "(mirror-padded back to size), e.g. 1 0.8 (default: %(default)s, none)")
     parser.add_argument("--report", default=None, help="also write the per-image rows as JSON here (default: none)")
-    args = parser.parse_args(argv)
+
+
+def run(args, parser):
+    """`protocol.py shift`: scores `--model` on its split and `--runs` on theirs; prints the table."""
     if not args.runs and not (args.model and args.data):
         parser.error("give --runs RUN..., or --model MODEL --data DIR")
 
@@ -330,6 +330,3 @@ def score_runs(runs, shifts=SHIFTS, progress=True):
                                      dataGenerator.select_pairs(pairs, split["test"]), shifts, progress=progress)
     return results
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """What changes along the archive's id order: lesion size, colour and dark corners per block of ids.
 
-    python benchmarks/archive_order.py --data ../shared/data/isic2017 --figure resources/archive_order.png
+    python -m experiments.archive_order --data data/isic2017 --figure resources/archive_order.png
 
 The ISIC ids follow the order in which images entered the archive, and clinics contributed theirs in
 batches, so neighbouring ids tend to share a clinic, a dermoscope and a way of framing the lesion. A
@@ -12,14 +12,11 @@ vignetted corners), and the images' median grey level, with the `--folds` bounda
 `--fold-by order` marked. No model is involved.
 """
 
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs
 
 CORNER = 20  # pixels of each corner's square, at the images' own size
 DARK_LEVEL = 40

@@ -1,8 +1,8 @@
 """Colour constancy before inference (Shades of Gray) under the shift protocol, with and without.
 
-    python benchmarks/colour_protocol.py --model pretrained/improved_unet.keras --data ../shared/data/isic2017 \\
+    python -m experiments.colour_protocol --model pretrained/improved_unet.keras --data data/isic2017 \\
         --out runs/sog_shipped
-    python benchmarks/compare_protocols.py runs/sog_shipped.plain.json runs/sog_shipped.sog.json \\
+    python protocol.py compare runs/sog_shipped.plain.json runs/sog_shipped.sog.json \\
         --shifts none zoom dark vignette blur        # and --shifts cast
 
 Other dermoscopes give other colours: a lamp's and a sensor's white balance. Shades of Gray (Finlayson
@@ -15,16 +15,12 @@ the validation split under the five conditions and `cast`, as the images are (`O
 after `shades_of_gray` (`OUT.sog.json`).
 """
 
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shift_protocol, beside this file
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
-import shift_protocol  # noqa: E402
+from lesion_unet import cliargs
+from lesion_unet.protocol import shift as shift_protocol
 
 MINKOWSKI_P = 6  # Finlayson and Trezzi's choice, and the one used for dermoscopy since
 

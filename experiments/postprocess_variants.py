@@ -1,28 +1,24 @@
 """Post-processing variants under the shift protocol: one model pass, one report per variant.
 
-    python benchmarks/postprocess_variants.py --model pretrained/improved_unet.keras \\
-        --data ../shared/data/isic2017 --out runs/pp_shipped
-    python benchmarks/compare_protocols.py runs/pp_shipped.largest.json runs/pp_shipped.none.json \\
+    python -m experiments.postprocess_variants --model pretrained/improved_unet.keras \\
+        --data data/isic2017 --out runs/pp_shipped
+    python protocol.py compare runs/pp_shipped.largest.json runs/pp_shipped.none.json \\
         runs/pp_shipped.prob.json runs/pp_shipped.hull.json runs/pp_shipped.hull_large.json \\
         runs/pp_shipped.close.json
 
-The model's probabilities on the protocol's images (`shift_protocol.py`: the validation split, five
+The model's probabilities on the protocol's images (`protocol.py shift`: the validation split, five
 conditions) are thresholded and passed through each mask step of `VARIANTS`, at the mask's own size;
-each variant's per-image rows go to `OUT.NAME.json`, a report `compare_protocols.py` reads. The
+each variant's per-image rows go to `OUT.NAME.json`, a report `protocol.py compare` reads. The
 official test set's outlines are often loose polygons around large, faint lesions that the model
 outlines only in part, so the variants ask whether a smoother or fuller mask step closes some of that.
 """
 
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shift_protocol, beside this file
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
-import shift_protocol  # noqa: E402
+from lesion_unet import cliargs
+from lesion_unet.protocol import shift as shift_protocol
 
 CLOSING_RADIUS = 5  # pixels at the masks' 256x192: about 2% of the short side
 LARGE_FRACTION = 0.3  # the issue's top lesion-size band: hull_large takes the hull only above it

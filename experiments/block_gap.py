@@ -1,8 +1,8 @@
 """How much worse a model does on a block of the archive than on the images around it.
 
-    python benchmarks/block_gap.py --model runs/order_fold2/best.keras --data ../shared/data/isic2017 \\
+    python -m experiments.block_gap --model runs/order_fold2/best.keras --data data/isic2017 \\
         --split-file runs/order_fold2/split.json --block isic2017_train_0861 isic2017_train_1290
-    python benchmarks/block_gap.py --model pretrained/improved_unet.keras --data ../shared/data/isic2017 \\
+    python -m experiments.block_gap --model pretrained/improved_unet.keras --data data/isic2017 \\
         --block isic2017_train_0861 isic2017_train_1290     # the seed-0 split's val + test images
 
 A random split holds out images whose neighbours in the archive, photographed by the same clinic with
@@ -18,14 +18,11 @@ block's share of images in each band, which asks "on lesions of the block's size
 Masks are made as `evaluate.py` makes them by default (threshold 0.5, post-processing on).
 """
 
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
+from lesion_unet import cliargs
 
 BOOTSTRAP_RESAMPLES = 10_000
 GROUPS = ("others", "block")

@@ -1,10 +1,10 @@
 """Fits and measures a model's quality estimate (expected Dice, review flag) on images it did not train on.
 
-    python benchmarks/quality_protocol.py --model pretrained/improved_unet.keras --data data/isic2017
-    python benchmarks/quality_protocol.py --model runs/my_run/best.keras --data data/isic2017 --attach
+    python protocol.py quality --model pretrained/improved_unet.keras --data data/isic2017
+    python protocol.py quality --model runs/my_run/best.keras --data data/isic2017 --attach
 
 The images are the validation split of `train.py`'s seeded split (never the test split), each as it is
-and under the shifts of `shift_protocol.py` (zoom, dark, vignette, blur, hair, colour cast) and, with
+and under the shifts of `protocol.py shift` (zoom, dark, vignette, blur, hair, colour cast) and, with
 `--hard` (the default), under combinations of them, so that the estimate sees the kinds of failure that images from other
 sources bring. For each copy it measures `quality.image_features` on the model's probability map and
 the actual Dice of the mask (`evaluate.py`'s default settings: threshold 0.5, post-processing on).
@@ -18,14 +18,11 @@ saved with `--report` and drawn with `--figure`; `--attach` writes the quality m
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
-from shift_protocol import EXTRA_SHIFTS, SHIFTS, shifted_probabilities, split_part  # noqa: E402
+from lesion_unet import cliargs
+from lesion_unet.protocol.shift import EXTRA_SHIFTS, SHIFTS, shifted_probabilities, split_part
 
 # Combined shifts, with --hard: harder copies. Zoom + vignette fails as often as images from other sources
 # do (Dice < 0.7 on 14% of the validation images, against 13% on the official ISIC 2017 test set).
@@ -77,8 +74,8 @@ def by_condition(rows, per_row):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = cliargs.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser):
+    """`protocol.py quality`'s flags."""
     parser.add_argument("--model", required=True, help="the .keras model to fit a quality estimate for")
     parser.add_argument("--data", required=True, help="folder with images/ and masks/ (the model's data)")
     parser.add_argument("--seed", type=cliargs.int_range(0, 2**32 - 1), default=0,
@@ -100,8 +97,10 @@ def main(argv=None):
                              "quality.png (default: none)")
     parser.add_argument("--attach", action="store_true",
                         help="write the fitted quality model into --model's .keras file (default: off)")
-    args = parser.parse_args(argv)
 
+
+def run(args, parser):
+    """`protocol.py quality`: measures the copies, fits and reports the quality model, and attaches it."""
     from lesion_unet import quiet
 
     quiet.import_keras()
@@ -144,6 +143,3 @@ def main(argv=None):
         print(f"attached the quality model to {args.model}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

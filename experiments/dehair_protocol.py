@@ -1,12 +1,12 @@
 """Hair removal before inference (`hair_removal.py`) under the shift protocol, with and without.
 
-    python benchmarks/dehair_protocol.py --model pretrained/improved_unet.keras --data ../shared/data/isic2017 \\
+    python -m experiments.dehair_protocol --model pretrained/improved_unet.keras --data data/isic2017 \\
         --split train --limit 300 --levels 15 30 50 --out runs/dehair_train300    # choose the level
-    python benchmarks/dehair_protocol.py --model pretrained/improved_unet.keras --data ../shared/data/isic2017 \\
+    python -m experiments.dehair_protocol --model pretrained/improved_unet.keras --data data/isic2017 \\
         --levels 50 --out runs/dehair_val50                                       # then score it once
-    python benchmarks/compare_protocols.py runs/dehair_val50.plain.json runs/dehair_val50.level50.json \\
+    python protocol.py compare runs/dehair_val50.plain.json runs/dehair_val50.level50.json \\
         --shifts none zoom dark vignette blur        # and --shifts hair
-    python benchmarks/compare_protocols.py runs/dehair_val50.plain.hairy.json \\
+    python protocol.py compare runs/dehair_val50.plain.hairy.json \\
         runs/dehair_val50.level50.hairy.json         # the real images with the most hair
 
 Hair is where the shipped model loses most under the protocol (Dice 0.9069 -> 0.8754 with 24 hairs
@@ -22,17 +22,13 @@ finds the most hair (the top quarter, `HAIRY_SHARE`) go to `OUT.plain.hairy.json
 `OUT.levelL.hairy.json`, so the change on real hair is measured as well as on drawn hair.
 """
 
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shift_protocol, beside this file
-
-from lesion_unet import cliargs  # noqa: E402 (the project folder, added above)
-from lesion_unet import hair_removal  # noqa: E402
-import shift_protocol  # noqa: E402
+from lesion_unet import cliargs
+from lesion_unet import hair_removal
+from lesion_unet.protocol import shift as shift_protocol
 
 HAIRY_SHARE = 0.25  # the real-hair subset: this share of the unshifted images, most hair first
 # The levels of the first trial, fixed before any image was scored: 15 (on the validation split, which
