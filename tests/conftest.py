@@ -115,6 +115,35 @@ def trained_run(synthetic_dir, tmp_path_factory):
     return run_dir, Result(*result)
 
 
+def hand_quality_model(flag_risk=0.5):
+    """A hand-made `quality.QualityModel`: risk = sigmoid(log(uncertain_ratio + 0.01) + 2); expected Dice
+    falls linearly from 0.95 (risk 0) to 0.3 (risk 1); flagged at `flag_risk`."""
+    from lesion_unet import quality
+
+    return quality.QualityModel(features=["uncertain_ratio"], mean=[0.0], scale=[1.0], coefficients=[1.0],
+                                intercept=2.0, risk_knots=[0.0, 1.0], dice_knots=[0.95, 0.3], flag_risk=flag_risk)
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory):
+    """`(run_dir, onnx_path)`: a copy of the shared tiny run whose best.keras carries `hand_quality_model()`,
+    exported with export.py's defaults (`best.onnx` and its `.onnx.json` beside it), once per session
+    (`build_once`); copy a file before changing it."""
+    import shutil
+
+    from lesion_unet import quality
+
+    def export(folder):
+        run = os.path.join(folder, "run")
+        shutil.copytree(trained_run[0], run)
+        quality.attach_to_keras(hand_quality_model(), os.path.join(run, "best.keras"))
+        result = run_main("export.py", run, "--format", "onnx")
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [run, os.path.join(run, "best.onnx")]
+
+    return tuple(build_once(tmp_path_factory, "exported", export))
+
+
 @pytest.fixture(scope="session")
 def basic_run(synthetic_dir, tmp_path_factory):
     """A tiny 2-epoch basic U-Net run (`TINY`) on `synthetic_dir`, shared like `trained_run`: for the

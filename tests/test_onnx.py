@@ -12,25 +12,9 @@ from PIL import Image
 from lesion_unet import inference
 from lesion_unet import lesion_files
 from lesion_unet import settings
-from conftest import REAL_DATA, build_once, run_main, run_script
+from conftest import REAL_DATA, run_main, run_script
 
 pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="session")
-def exported(trained_run, tmp_path_factory):
-    """The shared tiny run's best.keras, exported with export.py's defaults (beside it, in a copy),
-    once per session (`build_once`)."""
-    import shutil
-
-    def export(folder):
-        run = os.path.join(folder, "run")
-        shutil.copytree(trained_run[0], run)
-        result = run_main("export.py", run, "--format", "onnx")
-        assert result.returncode == 0, result.stderr[-3000:]
-        return [run, os.path.join(run, "best.onnx")]
-
-    return tuple(build_once(tmp_path_factory, "exported", export))
 
 
 def test_export_writes_the_model_and_its_pipeline(exported):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lesion_unet import quality
-from conftest import build_once, run_main
+from conftest import hand_quality_model, run_main
 
 
 def _blob(size=16):
@@ -76,9 +76,7 @@ def test_empty_map_is_flagged_with_expected_dice_zero():
 
 
 def _hand_model(flag_risk=0.5):
-    """Risk = sigmoid(log(uncertain_ratio + 0.01) + 2); expected Dice falls linearly from 0.95 to 0.3."""
-    return quality.QualityModel(features=["uncertain_ratio"], mean=[0.0], scale=[1.0], coefficients=[1.0],
-                                intercept=2.0, risk_knots=[0.0, 1.0], dice_knots=[0.95, 0.3], flag_risk=flag_risk)
+    return hand_quality_model(flag_risk)
 
 
 def test_assess_golden_values():
@@ -152,26 +150,17 @@ def test_malformed_quality_models_are_refused(change, message):
 
 
 @pytest.fixture(scope="session")
-def rated_run(trained_run, tmp_path_factory):
-    """A copy of the shared tiny run whose best.keras carries a hand-made quality model (flagging at
-    risk >= 0.5), exported to ONNX beside it, once per session."""
-
-    def build(folder):
-        run = os.path.join(folder, "run")
-        shutil.copytree(trained_run[0], run)
-        quality.attach_to_keras(_hand_model(), os.path.join(run, "best.keras"))
-        result = run_main("export.py", run, "--format", "onnx")
-        assert result.returncode == 0, result.stderr[-3000:]
-        return run
-
-    return build_once(tmp_path_factory, "rated_run", build)
+def rated_run(exported):
+    """The shared exported run (conftest): its best.keras carries `_hand_model()`, its best.onnx.json too."""
+    return exported[0]
 
 
-def test_the_quality_model_travels_in_the_keras_file_and_the_onnx_json(rated_run):
+def test_the_quality_model_travels_in_the_keras_file_and_the_onnx_json(rated_run, tmp_path):
     from lesion_unet import inference
 
-    model_path = os.path.join(rated_run, "best.keras")
-    assert inference.load_quality_model(model_path) == _hand_model()
+    assert inference.load_quality_model(os.path.join(rated_run, "best.keras")) == _hand_model()
+    model_path = str(tmp_path / "best.keras")  # a copy: other tests read the shared run at the same time
+    shutil.copy(os.path.join(rated_run, "best.keras"), model_path)
     inference.load_model(model_path)  # Keras still loads the archive, in safe mode
     with zipfile.ZipFile(model_path) as archive:
         assert archive.namelist().count(quality.QUALITY_MEMBER) == 1
@@ -179,7 +168,7 @@ def test_the_quality_model_travels_in_the_keras_file_and_the_onnx_json(rated_run
     with zipfile.ZipFile(model_path) as archive:
         assert archive.namelist().count(quality.QUALITY_MEMBER) == 1
     assert inference.load_quality_model(model_path).flag_risk == 0.4
-    quality.attach_to_keras(_hand_model(), model_path)
+    inference.load_model(model_path)
     assert inference.load_quality_model(os.path.join(rated_run, "best.onnx")) == _hand_model()
 
 
