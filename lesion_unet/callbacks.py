@@ -257,10 +257,15 @@ class TimeBudget(keras.callbacks.Callback):
                 print(f"\ntime budget: {self.budget_s / 60:.3g} min; epoch {done} took {epoch_s / 60:.1f} min, so "
                       f"this run trains {self.epochs} epochs instead of the planned {self.planned_epochs} (the "
                       "learning rate now decays to 0 at its last epoch; --time-budget 0 trains them all)")
-                self.params["epochs"] = self.epochs  # shared by the callbacks: the progress line's "Epoch i/N"
+                # Keras has no public way to shorten a fit() under way, so the plan changes in three
+                # places it reads: `params["epochs"]` (the progress line's "Epoch i/N"), the optimizer's
+                # schedule (a new one ending at the new last epoch; the old one's length is a constant
+                # in it), and the traced train step, rebuilt because that constant was traced into it.
+                # A resumed run needs none of this: it starts with the new plan from config.json.
+                self.params["epochs"] = self.epochs
                 if self.epochs > done:
                     self.model.optimizer.learning_rate = self.make_schedule(self.epochs)
-                    self.model.make_train_function(force=True)  # the schedule is traced into the step
+                    self.model.make_train_function(force=True)
                 if self.on_replan is not None:
                     self.on_replan(self.epochs)
         if done >= self.epochs:
