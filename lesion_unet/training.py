@@ -13,6 +13,7 @@ resuming), and after the last epoch the test split's `metrics.json`, `per_image.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -580,139 +581,194 @@ def _run(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, s
 
 
 def _train_and_report(run_dir, prepare, workers, use_cache, cache_dir, distribute, verbose, started):
+    """A run, step by step: prepare (folder, data, model), plan, fit with the named callbacks, then
+    check for divergence and report the test split. `_undone_unless_saved` is the one place that takes
+    back a start that fails before the run's first checkpoint."""
     started = time.perf_counter() if started is None else started
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
     spread = distribute if isinstance(distribute, distribution.Distribution) else \
         distribution.choose_distribution(distribute)
-    setup = {}
+    setup, progress = {}, {}
     try:
-        prepare(spread, setup)
-        config, state = setup["config"], setup["state"]
-        train_data, val_data = _make_datasets(setup, spread, workers, use_cache, cache_dir, verbose)
-        if state is not None:
-            last_model = _load_last_checkpoint(os.path.join(run_dir, runfolder.LAST), spread.scope)
-    except BaseException:
-        _undo(run_dir, setup)  # a run that never started leaves nothing behind
-        raise
-    keras.utils.set_random_seed(config["seed"])
-    policy = distribution.set_mixed_precision(config.get("mixed_precision", False))
-    image_size = tuple(config["image_size"])
-    aside = setup.get("aside")
-
-    def forget_replaced_run():
-        shutil.rmtree(aside, ignore_errors=True)
-
-    initial_epoch = 0
-    if state is None:
-        with spread.scope:
-            model = MODELS[config["model"]](image_size, **config["model_kwargs"])
-            if config.get("init"):
-                try:
-                    load_initial_weights(model, config["init"])
-                except BaseException:
-                    _undo(run_dir, setup)  # nothing trained yet: leave nothing behind
-                    raise
-            model.compile(optimizer=make_optimizer(config, len(train_data)),
-                          loss=losses.SegmentationLoss(config["loss"], _fn_weight(config)),
-                          # weighted: the zero-weight padding of JAX data-parallel batches stays out
-                          weighted_metrics=losses.training_metrics())
-        checkpoint = run_callbacks.RunCheckpoint(run_dir, on_first_save=forget_replaced_run if aside else None)
-    else:
-        model = last_model
-        initial_epoch = state["epochs_done"]
-        _truncate_history(os.path.join(run_dir, runfolder.HISTORY), initial_epoch)
-        train_data.set_epoch(initial_epoch)
-        checkpoint = run_callbacks.RunCheckpoint(run_dir, state.get("best_val_dice", -math.inf),
-                                                 state.get("best_epoch", 0))
-
-    model.run_eagerly = bool(config.get("run_eagerly"))  # not in a saved model: a resumed run asks again
-    pairs, test_pairs = setup["pairs"], setup["test"]
-    budget = None
-    if state is None:  # a resumed run keeps the plan made when it started (its config.json)
-        budget = make_time_budget(config, run_dir, len(train_data), len(test_pairs) / max(1, len(setup["val"])),
-                                  spread.processes)
-    print(f"data: {len(pairs)} pairs from {config['images']} -> train {len(setup['train'])} / "
-          f"val {len(setup['val'])} / test {len(test_pairs)} at {image_size[0]}x{image_size[1]}"
-          f"{' (synthetic demo)' if config['demo'] else ''} | model: {model.name}, "
-          f"{model.count_params():,} params"
-          + (", input standardized per image" if config["model_kwargs"].get("input_norm") else "")
-          + f" | {_count(config['epochs'], 'epoch')}"
-          + (f" (fewer if they would not fit in {config['time_budget_minutes']:g} min from start to test report)"
-             if budget is not None else "")
-          + f", batch {config['batch_size']}, "
-          f"{config['loss']} loss"
-          + (f" (fn weight {_fn_weight(config):g})" if _fn_weight(config) != losses.DICE_FN_WEIGHT else "")
-          + f", {policy}"
-          + (f" ({config['mixed_precision_reason']})" if config.get("mixed_precision_reason") else "")
-          + f" | {distribution.describe_devices()} ({spread.description}), "
-          f"Keras {keras.__version__} ({keras.backend.backend()}) | run: {run_dir}"
-          + (f" | resuming after epoch {initial_epoch}" if initial_epoch else "")
-          + (f" | replacing the earlier run (kept in {aside} until the first checkpoint)" if aside else ""))
-
-    warning = distribution.gpu_fallback_warning()
-    if warning:
-        print(warning, file=sys.stderr)
-
-    nan_guard = run_callbacks.StopOnNonFiniteLoss()
-    callbacks = [
-        nan_guard,
-        run_callbacks.EpochTiming(started),
-        run_callbacks.HistoryLog(run_dir, f"{model.name} on {os.path.basename(os.path.dirname(config['images']))}",
-                                 append=initial_epoch > 0),
-        checkpoint,
-        run_callbacks.ProgressWithoutTimings(),  # Keras adds its own, timing columns included, when none is given
-    ]
-    if budget is not None:
-        callbacks.insert(2, budget)  # after EpochTiming, whose timings it reads; before the checkpoint
-    if config.get("ema"):
-        # Validation sees the averaged weights (swapped in and back around it), so the best epoch is
-        # chosen by what best.keras holds; last.keras keeps the raw weights, for resuming.
-        callbacks.insert(0, keras.callbacks.SwapEMAWeights())
-    if initial_epoch < config["epochs"]:
-        # shuffle=False: LesionDataset already walks a permutation seeded by (seed, epoch); Keras's own
-        # batch shuffling would draw from Python's global `random`, so the order would change on resume.
-        try:
-            model.fit(train_data, validation_data=val_data, epochs=config["epochs"], initial_epoch=initial_epoch,
-                      callbacks=callbacks, verbose=verbose, shuffle=False)
-        except BaseException as error:
-            if state is None and not checkpoint.saved:
-                # No epoch was saved: a folder without state.json could be neither resumed nor reused,
-                # so the new run leaves nothing behind (and a replaced run comes back).
-                _undo(run_dir, setup)
-                print(f"note: no epoch of the new run was saved, so {run_dir} was "
-                      f"{'put back as it was' if aside or setup.get('filled') else 'removed'}; start the run again",
-                      file=sys.stderr)
-            if not (isinstance(error, ValueError) and "MultiWorker" in spread.description
-                    and "PerReplica" in str(error)):
-                raise
-            print("error: Keras " + keras.__version__ + " cannot fit() under MultiWorkerMirroredStrategy "
-                  "(https://github.com/keras-team/keras/issues/20585); for several machines use the JAX "
-                  "backend (README, 'Several GPUs, several machines'), or unset TF_CONFIG", file=sys.stderr)
-            if setup.get("created"):
-                shutil.rmtree(run_dir, ignore_errors=True)
-            return 1
-    if nan_guard.where is not None or checkpoint.diverged:
-        where = ""
-        if nan_guard.where is not None:
-            epoch, batch, loss = nan_guard.where
-            where = f" (loss {loss} at epoch {epoch}, batch {batch})"
-        best_path = os.path.join(run_dir, runfolder.BEST)
-        kept = (f"the best checkpoint so far, from epoch {checkpoint.best_epoch}, is intact in {best_path}"
-                if os.path.isfile(best_path) else "no checkpoint was saved")
-        if aside and not checkpoint.saved:
-            _undo(run_dir, setup)
-            kept = f"nothing was saved, and the earlier run in {run_dir} was kept"
-        print(f"error: training stopped: the model diverged{where}; try a lower --learning-rate. {kept}",
-              file=sys.stderr)
+        with _undone_unless_saved(run_dir, setup, progress):
+            prepare(spread, setup)
+            config, state = setup["config"], setup["state"]
+            train_data, val_data = _make_datasets(setup, spread, workers, use_cache, cache_dir, verbose)
+            # Loaded before the seed is set, as a fresh run builds its model after: loading draws from
+            # Keras's random state, and a resumed run must draw what an uninterrupted one would.
+            last_model = (_load_last_checkpoint(os.path.join(run_dir, runfolder.LAST), spread.scope)
+                          if state is not None else None)
+            keras.utils.set_random_seed(config["seed"])
+            policy = distribution.set_mixed_precision(config.get("mixed_precision", False))
+            model, initial_epoch = _build_or_restore_model(setup, spread, len(train_data), last_model)
+            checkpoint = progress["checkpoint"] = _make_checkpoint(run_dir, setup)
+            if state is not None:
+                _truncate_history(os.path.join(run_dir, runfolder.HISTORY), initial_epoch)
+                train_data.set_epoch(initial_epoch)
+            model.run_eagerly = bool(config.get("run_eagerly"))  # not in a saved model: a resumed run asks again
+            budget = None
+            if state is None:  # a resumed run keeps the plan made when it started (its config.json)
+                budget = make_time_budget(config, run_dir, len(train_data),
+                                          len(setup["test"]) / max(1, len(setup["val"])), spread.processes)
+            print(_describe_run(run_dir, setup, model, policy, spread, budget, initial_epoch))
+            warning = distribution.gpu_fallback_warning()
+            if warning:
+                print(warning, file=sys.stderr)
+            callbacks = RunCallbacks(run_dir, config, model, started, checkpoint, budget, initial_epoch)
+            if initial_epoch < config["epochs"]:
+                progress["fitting"] = True
+                # shuffle=False: LesionDataset already walks a permutation seeded by (seed, epoch); Keras's
+                # own batch shuffling would draw from Python's global `random`, so the order would change
+                # on resume.
+                model.fit(train_data, validation_data=val_data, epochs=config["epochs"], initial_epoch=initial_epoch,
+                          callbacks=callbacks.in_order(), verbose=verbose, shuffle=False)
+    except ValueError as error:
+        if not ("MultiWorker" in spread.description and "PerReplica" in str(error)):
+            raise
+        print("error: Keras " + keras.__version__ + " cannot fit() under MultiWorkerMirroredStrategy "
+              "(https://github.com/keras-team/keras/issues/20585); for several machines use the JAX "
+              "backend (README, 'Several GPUs, several machines'), or unset TF_CONFIG", file=sys.stderr)
         return 1
-
+    if callbacks.nan_guard.where is not None or checkpoint.diverged:
+        _report_divergence(run_dir, setup, callbacks.nan_guard, checkpoint)
+        return 1
     if spread.process_index:  # the chief's run folder is the result; it alone tests
         print(f"process {spread.process_index}: training done; the first process reports the test metrics")
         return 0
     distribution.use_one_device()  # the test images come one by one, in batches of any size
-    report_test_split(run_dir, config, test_pairs, checkpoint, verbose, started,
+    report_test_split(run_dir, config, setup["test"], checkpoint, verbose, started,
                       config["time_budget_minutes"] if budget is not None else None)
     return 0
+
+
+@contextlib.contextmanager
+def _undone_unless_saved(run_dir, setup, progress):
+    """Takes back a start that fails before the run's first checkpoint: the one place that does.
+
+    Whatever fails (bad data, a damaged `--init` model, a full disk, Ctrl-C) before a new run has saved
+    an epoch leaves nothing behind: the folder or files `_prepare_new` recorded in `setup` are removed
+    and a run it set aside comes back (`_undo`). A folder without `state.json` could be neither resumed
+    nor reused. A resumed run records nothing in `setup`, so nothing of it is undone.
+
+    Args:
+        run_dir: the run folder.
+        setup: the dict `prepare` fills.
+        progress: filled by the caller: `checkpoint` (the `RunCheckpoint`, once made) and `fitting`
+            (once `fit()` started, when the user is told what happened).
+    """
+    try:
+        yield
+    except BaseException:
+        checkpoint = progress.get("checkpoint")
+        if checkpoint is None or (setup.get("state") is None and not checkpoint.saved):
+            _undo(run_dir, setup)
+            if progress.get("fitting"):
+                print(f"note: no epoch of the new run was saved, so {run_dir} was "
+                      f"{'put back as it was' if setup.get('aside') or setup.get('filled') else 'removed'}; "
+                      "start the run again", file=sys.stderr)
+        raise
+
+
+def _build_or_restore_model(setup, spread, steps_per_epoch, last_model=None):
+    """A new run's compiled model (from `--init`'s weights if given), or a resumed run's `last_model`
+    (its last checkpoint, compiled as it was saved).
+
+    Returns:
+        `(model, initial_epoch)`.
+    """
+    config, state = setup["config"], setup["state"]
+    if state is not None:
+        return last_model, state["epochs_done"]
+    with spread.scope:
+        model = MODELS[config["model"]](tuple(config["image_size"]), **config["model_kwargs"])
+        if config.get("init"):
+            load_initial_weights(model, config["init"])
+        model.compile(optimizer=make_optimizer(config, steps_per_epoch),
+                      loss=losses.SegmentationLoss(config["loss"], _fn_weight(config)),
+                      # weighted: the zero-weight padding of JAX data-parallel batches stays out
+                      weighted_metrics=losses.training_metrics())
+    return model, 0
+
+
+def _make_checkpoint(run_dir, setup):
+    """The run's `RunCheckpoint`: a new run's (which deletes a replaced run at its first save), or a
+    resumed run's, carrying its best validation Dice so far."""
+    state, aside = setup["state"], setup.get("aside")
+    if state is None:
+        return run_callbacks.RunCheckpoint(
+            run_dir, on_first_save=(lambda: shutil.rmtree(aside, ignore_errors=True)) if aside else None)
+    return run_callbacks.RunCheckpoint(run_dir, state.get("best_val_dice", -math.inf), state.get("best_epoch", 0))
+
+
+class RunCallbacks:
+    """The callbacks of a run's `fit()`, by name; `in_order()` gives them in the order they must run.
+
+    Args:
+        run_dir, config, model: the run.
+        started: `time.perf_counter()` at the run's start.
+        checkpoint: the run's `RunCheckpoint`.
+        budget: the run's `TimeBudget`, or `None`.
+        initial_epoch: epochs already done (a resumed run appends to its history).
+    """
+
+    def __init__(self, run_dir, config, model, started, checkpoint, budget, initial_epoch):
+        # Validation sees the averaged weights (swapped in and back around it), so the best epoch is
+        # chosen by what best.keras holds; last.keras keeps the raw weights, for resuming.
+        self.ema = keras.callbacks.SwapEMAWeights() if config.get("ema") else None
+        self.nan_guard = run_callbacks.StopOnNonFiniteLoss()
+        self.timing = run_callbacks.EpochTiming(started)
+        self.budget = budget
+        self.history = run_callbacks.HistoryLog(
+            run_dir, f"{model.name} on {os.path.basename(os.path.dirname(config['images']))}",
+            append=initial_epoch > 0)
+        self.checkpoint = checkpoint
+        # Keras adds its own progress bar, timing columns included, when none is given.
+        self.progress = run_callbacks.ProgressWithoutTimings()
+
+    def in_order(self):
+        """EMA first (validation must see the averaged weights), the NaN guard, the timing before the
+        budget and the history (both read its timings), the checkpoint after the history, the
+        progress line last."""
+        ordered = [self.ema, self.nan_guard, self.timing, self.budget, self.history, self.checkpoint, self.progress]
+        return [callback for callback in ordered if callback is not None]
+
+
+def _describe_run(run_dir, setup, model, policy, spread, budget, initial_epoch):
+    """The line a run prints before its first epoch: data, model, plan, precision, devices, folder."""
+    config, pairs, test_pairs, aside = setup["config"], setup["pairs"], setup["test"], setup.get("aside")
+    image_size = tuple(config["image_size"])
+    return (f"data: {len(pairs)} pairs from {config['images']} -> train {len(setup['train'])} / "
+            f"val {len(setup['val'])} / test {len(test_pairs)} at {image_size[0]}x{image_size[1]}"
+            f"{' (synthetic demo)' if config['demo'] else ''} | model: {model.name}, "
+            f"{model.count_params():,} params"
+            + (", input standardized per image" if config["model_kwargs"].get("input_norm") else "")
+            + f" | {_count(config['epochs'], 'epoch')}"
+            + (f" (fewer if they would not fit in {config['time_budget_minutes']:g} min from start to test report)"
+               if budget is not None else "")
+            + f", batch {config['batch_size']}, "
+            f"{config['loss']} loss"
+            + (f" (fn weight {_fn_weight(config):g})" if _fn_weight(config) != losses.DICE_FN_WEIGHT else "")
+            + f", {policy}"
+            + (f" ({config['mixed_precision_reason']})" if config.get("mixed_precision_reason") else "")
+            + f" | {distribution.describe_devices()} ({spread.description}), "
+            f"Keras {keras.__version__} ({keras.backend.backend()}) | run: {run_dir}"
+            + (f" | resuming after epoch {initial_epoch}" if initial_epoch else "")
+            + (f" | replacing the earlier run (kept in {aside} until the first checkpoint)" if aside else ""))
+
+
+def _report_divergence(run_dir, setup, nan_guard, checkpoint):
+    """Says where a run diverged and what was kept; a replaced run comes back if nothing was saved."""
+    where = ""
+    if nan_guard.where is not None:
+        epoch, batch, loss = nan_guard.where
+        where = f" (loss {loss} at epoch {epoch}, batch {batch})"
+    best_path = os.path.join(run_dir, runfolder.BEST)
+    kept = (f"the best checkpoint so far, from epoch {checkpoint.best_epoch}, is intact in {best_path}"
+            if os.path.isfile(best_path) else "no checkpoint was saved")
+    if setup.get("aside") and not checkpoint.saved:
+        _undo(run_dir, setup)
+        kept = f"nothing was saved, and the earlier run in {run_dir} was kept"
+    print(f"error: training stopped: the model diverged{where}; try a lower --learning-rate. {kept}", file=sys.stderr)
 
 
 def report_test_split(run_dir, config, test_pairs, checkpoint, verbose=1, started=None, budget_minutes=None):
