@@ -9,8 +9,9 @@ ONNX and scoring paths never do):
     config = make_config("runs/try", data="data/isic2017", epochs=2)
     run_training(config, "runs/try")                              # data -> fit -> test report
     model = load_model("runs/try/best.keras")                     # safe mode; .onnx too
+    quality = load_quality_model("pretrained/improved_unet.keras")  # expected Dice, review flag
     for path, probability, mask in segment_files(model, ["lesion.jpg"]):
-        ...
+        print(quality.assess(probability)["expected_dice"])
     result = evaluate_run("runs/try", split="val")                # a run's best.keras on a split
 
 The scripts at the project's root (`train.py`, `evaluate.py`, `predict.py`, `export.py`, `app.py`)
@@ -36,6 +37,7 @@ _API = {
     "run_training": "training",
     "resume_training": "training",
     "load_model": "inference",
+    "load_quality_model": "inference",
     "predict_files": "inference",
     "segment_files": "inference",
     "evaluate_run": "scoring",

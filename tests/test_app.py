@@ -354,6 +354,14 @@ def test_the_page_in_a_real_browser(server, lesion_png, tmp_path):
             assert text.startswith(f"{float(listed['expected_dice']):.2f}")
             assert ("check this mask" in text) == (listed["review"] == "yes")
             assert ("review" in card.get_attribute("class").split()) == (listed["review"] == "yes")
+            # A flat grey picture: no lesion to be sure of, so the card asks for a look.
+            grey = tmp_path / "flat_grey.png"
+            grey.write_bytes(encoded(np.full((96, 128, 3), 150, np.uint8)))
+            page.set_input_files("#file-input", [str(grey)])
+            doubtful = page.locator('.result[data-name="flat_grey.png"]')
+            doubtful.locator(".quality").wait_for(timeout=120_000)
+            assert "check this mask" in doubtful.locator(".quality").inner_text()
+            assert "review" in doubtful.get_attribute("class").split()
             assert (card.locator(".settings").inner_text()
                     == "TTA off, post-processing on, hair removal off, threshold 0.5")
             with page.expect_download() as download:
