@@ -22,7 +22,7 @@ docs/explanation/generalisation.md for why and how.
 import sys
 
 from lesion_unet import cliargs
-from lesion_unet.errors import run_cli
+from lesion_unet.errors import exit_script, run_cli
 
 
 def build_parser():
@@ -58,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

@@ -21,7 +21,7 @@ import time
 
 from lesion_unet import runfolder
 from lesion_unet.cliargs import explicit_flags
-from lesion_unet.errors import run_cli
+from lesion_unet.errors import exit_script, run_cli
 from lesion_unet.train_options import RESUME_FLAGS, build_parser  # noqa: F401 (tests and notebooks use them here)
 
 def main(argv=None):
@@ -78,4 +78,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

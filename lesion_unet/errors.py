@@ -65,6 +65,24 @@ def run_cli(main, argv=None):
     return status or 0
 
 
+INTERRUPTED = (130, 128 + signal.SIGTERM)  # run_cli's statuses for Ctrl-C and SIGTERM
+
+
+def exit_script(status):
+    """Ends a script's process with `status` (`run_cli`'s), as `sys.exit` does, except after an interrupt.
+
+    Ctrl-C or SIGTERM inside Keras's `fit()` leaves its data threads and TensorFlow's running; at the
+    interpreter's normal exit their teardown can abort the process ("terminate called without an
+    active exception", exit -6) after the clean-up has run. So an interrupted script, its files already
+    safe and its message printed, flushes its output and leaves at once with its status.
+    """
+    if status in INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 def make_output_dir(path):
     """Creates `path` (and parents) if needed and checks that files can be written in it.
 

@@ -19,7 +19,7 @@ from PIL import Image
 from lesion_unet import callbacks
 from lesion_unet import data as dataGenerator
 from lesion_unet import inference
-from conftest import ROOT, TINY, run_main
+from conftest import ROOT, TINY, TINY_GRAPH, run_main
 from lesion_unet.errors import InputError
 
 
@@ -144,6 +144,36 @@ def test_unwritable_output_folder_is_a_clear_error(tmp_path, synthetic_dir, trai
     assert result.returncode == 2 and "a_file/sub: cannot write" in result.stderr and "Traceback" not in result.stderr
     result = run_main("train.py", "--data", synthetic_dir, "--out", str(blocker / "run"), "--epochs", "1")
     assert result.returncode == 2 and "cannot write" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_right_after_an_epoch_ends_training_with_143_not_an_abort(synthetic_dir, tmp_path):
+    """SIGTERM the moment an epoch is saved, while fit()'s data threads run on (the traced step, as real
+    runs take): the clean-up runs and the process ends with 143, where its threads' teardown at the
+    interpreter's exit used to abort it ("terminate called without an active exception", -6)."""
+    run_dir = str(tmp_path / "stopped")
+    process = subprocess.Popen([sys.executable, "train.py", "--data", synthetic_dir, "--out", run_dir, "--epochs", "6",
+                                *TINY_GRAPH], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    state_path = os.path.join(run_dir, "state.json")
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            try:
+                with open(state_path) as handle:
+                    if json.load(handle)["epochs_done"] >= 1:
+                        break
+            except (OSError, ValueError):  # not written yet, or being replaced
+                pass
+            time.sleep(0.005)
+        assert process.poll() is None, "training ended before it could be stopped"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM and "terminated" in err, err[-2000:]
+    assert "terminate called" not in err
+    with open(state_path) as handle:
+        assert 1 <= json.load(handle)["epochs_done"] < 6  # resumable (resuming: the kill -9 test below)
 
 
 def test_kill_9_then_resume_finishes_the_planned_epochs(synthetic_dir, tmp_path):
