@@ -82,6 +82,7 @@ def test_test_notebook_in_a_fresh_clone(tmp_path):
     assert "improved_unet, input (128, 128); 3 test images" in text
     assert "TTA on" in text and "post-processing" in text
     assert "24 drawn hairs: mean Dice" in text and "without hair removal" in text
+    assert "quality estimate (failure: Dice < 0.7)" in text and "mean expected Dice" in text  # the shipped one
 
 
 def test_committed_notebooks_are_small_and_use_paths_users_have():
