@@ -50,13 +50,14 @@ def make_config(run_dir, **overrides):
 
     Args:
         run_dir: the run folder (the synthetic demo writes its data inside it).
-        **overrides: `train.py` flags by their argparse names, e.g. `data="DIR"`, `epochs=2`,
-            `image_size=(64, 64)`, `model="basic"`.
+        **overrides: fields of `train_options.RunSettings` (each a `train.py` flag by its argparse
+            name), e.g. `epochs=2`, `image_size=(64, 64)`, `model="basic"`, and the data flags,
+            e.g. `data="DIR"`.
 
     Raises:
         InputError: an unknown setting, or what `resolve_config` refuses.
     """
-    from lesion_unet import train_options  # its parser holds every default, once
+    from lesion_unet import train_options  # RunSettings holds every default, once; its parser applies them
 
     args = train_options.build_parser().parse_args([])
     unknown = sorted(set(overrides) - set(vars(args)))

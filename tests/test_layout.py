@@ -95,3 +95,21 @@ def test_scoring_masks_loads_neither_keras_nor_tensorflow(synthetic_dir, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded: []" in result.stdout and "dice" in result.stdout
     assert "tensorflow" not in result.stderr.lower() and os.path.isfile(tmp_path / "report" / "metrics.json")
+
+
+def test_train_py_flags_are_built_from_the_typed_run_settings():
+    import dataclasses
+
+    from lesion_unet import train_options
+
+    actions = {action.dest: action for action in train_options.build_parser()._actions}
+    defaults = train_options.RunSettings()
+    fields = dataclasses.fields(train_options.RunSettings)
+    assert len(fields) >= 25
+    for field in fields:
+        action = actions[field.name]
+        assert action.option_strings[0] == "--" + field.name.replace("_", "-")
+        assert action.default == getattr(defaults, field.name) and action.help == field.metadata["help"]
+    assert train_options.RunSettings().zoom is not defaults.zoom  # list defaults are not shared
+    with_more = train_options.RunSettings(epochs=3, image_size=[64, 96])
+    assert (with_more.epochs, with_more.image_size, with_more.model) == (3, [64, 96], "improved")
