@@ -63,9 +63,10 @@ def test_package_modules_import_no_root_file_and_form_no_cycle():
 def test_no_sys_path_edits_in_the_package_the_scripts_or_the_tests():
     folders = [PACKAGE, os.path.join(PACKAGE, "protocol"), ROOT,
                *(os.path.join(ROOT, name) for name in ("tests", "benchmarks", "experiments"))]
+    folders.append(os.path.join(ROOT, "notebooks"))  # they import the installed package (requirements.txt: -e .)
     edits = [os.path.join(folder, name) for folder in folders for name in sorted(os.listdir(folder))
-             if name.endswith(".py") and "sys.path." in open(os.path.join(folder, name), encoding="utf-8").read()
-             and name != "test_layout.py"]
+             if name.endswith((".py", ".ipynb")) and name != "test_layout.py"
+             and "sys.path." in open(os.path.join(folder, name), encoding="utf-8").read()]
     assert edits == []
 
 
