@@ -175,7 +175,8 @@ def split_inputs(argv_inputs):
 
 def build_parser():
     parser = cliargs.ArgumentParser(
-        description="Write <id>_segmentation.png lesion masks (0/255, each image's own size).",
+        description="Write <id>_segmentation.png lesion masks (0/255, each image's own size) and predictions.csv, "
+                    "every image worst first with its expected Dice and whether to check its mask.",
         usage="%(prog)s [MODEL] INPUT [INPUT ...] [--out DIR]")
     parser.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT",
                         help="an optional .keras or .onnx model or run folder (default: the pre-trained "

@@ -45,11 +45,15 @@ def test_a_finished_run_scores_its_test_split_as_it_did(their_data, tmp_path):
     for name in ("dice", "jaccard", "sensitivity", "specificity", "accuracy"):
         assert scored[name] == pytest.approx(reported[name], abs=1e-6), name
     # and the run folder itself, once told where its data went
-    result = run_main("evaluate.py", run, "--data", their_data, *FLAGS)
+    result = run_main("evaluate.py", run, "--data", their_data, "--split", "test", *FLAGS)
     assert result.returncode == 0, result.stderr
-    assert os.path.isfile(os.path.join(run, "evaluation_data", "metrics.json"))
-    result = run_main("predict.py", run, os.path.join(their_data, "images"), "--out", str(tmp_path / "masks"), *FLAGS)
-    assert result.returncode == 0 and len(os.listdir(tmp_path / "masks")) == 160 + 1  # and predictions.csv
+    with open(os.path.join(run, "evaluation_data", "metrics.json")) as handle:
+        assert json.load(handle)["dice"] == pytest.approx(reported["dice"], abs=1e-6)
+    images = [os.path.join(their_data, "images", f"synthetic_{index:04d}.jpg") for index in range(3)]
+    result = run_main("predict.py", run, *images, "--out", str(tmp_path / "masks"), *FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "masks")) == ["predictions.csv", *(f"synthetic_{index:04d}_segmentation.png"
+                                                                          for index in range(3))]
 
 
 def test_an_interrupted_run_resumes_to_its_planned_epochs(their_data, tmp_path):
