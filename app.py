@@ -12,12 +12,11 @@ The server is `webapp.py`; it loads the model once and stops with Ctrl+C.
 
 import os
 import signal
-import sys
 import threading
 
 from lesion_unet import cliargs
 from lesion_unet import settings
-from lesion_unet.errors import run_cli
+from lesion_unet.errors import exit_script, run_cli
 
 
 def build_parser():
@@ -106,4 +105,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

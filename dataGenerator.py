@@ -11,10 +11,9 @@ one augmented training batch.
 
 import importlib
 import os
-import sys
 
 from lesion_unet import cliargs, settings
-from lesion_unet.errors import run_cli
+from lesion_unet.errors import exit_script, run_cli
 
 
 def __getattr__(name):  # the package module's names, loaded only when asked for (after --help has answered)
@@ -59,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from lesion_unet import cliargs
 from lesion_unet import settings
-from lesion_unet.errors import InputError, make_output_dir, run_cli
+from lesion_unet.errors import InputError, exit_script, make_output_dir, run_cli
 
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2018"
 # (archive, sub-folder of --out, images or masks); the first two are the training set.
@@ -199,4 +199,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

@@ -20,7 +20,7 @@ import sys
 
 from lesion_unet import cliargs
 from lesion_unet import runfolder
-from lesion_unet.errors import InputError, make_output_dir, run_cli
+from lesion_unet.errors import InputError, exit_script, make_output_dir, run_cli
 
 
 def build_parser():
@@ -126,4 +126,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

@@ -13,13 +13,12 @@ its quality model (`quality.py`: expected Dice and review flag). `predict.py`, `
 
 import datetime
 import os
-import sys
 import warnings
 
 from lesion_unet import cliargs
 from lesion_unet import runfolder
 from lesion_unet import settings
-from lesion_unet.errors import InputError, make_output_dir, run_cli
+from lesion_unet.errors import InputError, exit_script, make_output_dir, run_cli
 
 FORMATS = ("onnx",)
 
@@ -129,4 +128,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

@@ -10,11 +10,10 @@ percentile of per-image Dice).
 
 import argparse
 import os
-import sys
 
 from lesion_unet import cliargs
 from lesion_unet import runfolder
-from lesion_unet.errors import InputError, run_cli
+from lesion_unet.errors import InputError, exit_script, run_cli
 
 GOOD_TYPICAL_HARD = (("good (90th percentile)", 0.9), ("typical (median)", 0.5), ("hard (10th percentile)", 0.1))
 
@@ -70,4 +69,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

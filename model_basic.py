@@ -6,10 +6,9 @@ The code lives in `lesion_unet/basic_unet.py`, whose names this root file hands 
 """
 
 import importlib
-import sys
 
 from lesion_unet import cliargs
-from lesion_unet.errors import run_cli
+from lesion_unet.errors import exit_script, run_cli
 
 
 def __getattr__(name):
@@ -22,4 +21,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

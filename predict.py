@@ -16,7 +16,7 @@ import sys
 from lesion_unet import cliargs
 from lesion_unet import runfolder
 from lesion_unet import settings
-from lesion_unet.errors import InputError, make_output_dir, run_cli
+from lesion_unet.errors import InputError, exit_script, make_output_dir, run_cli
 from lesion_unet.lesion_files import sample_id_of
 
 OUTPUT_SUFFIXES = ("_segmentation.png", "_overlay.png")
@@ -241,4 +241,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

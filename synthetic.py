@@ -5,10 +5,8 @@
 The code lives in `lesion_unet/synthetic.py`; this file is its command line.
 """
 
-import sys
-
-from lesion_unet.errors import run_cli
+from lesion_unet.errors import exit_script, run_cli
 from lesion_unet.synthetic import build_parser, main, make_sample, write_dataset  # noqa: F401 (this file's API)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_script(run_cli(main))

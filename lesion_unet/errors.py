@@ -69,12 +69,13 @@ INTERRUPTED = (130, 128 + signal.SIGTERM)  # run_cli's statuses for Ctrl-C and S
 
 
 def exit_script(status):
-    """Ends a script's process with `status` (`run_cli`'s), as `sys.exit` does, except after an interrupt.
+    """Ends a script's process with `status` (`run_cli`'s), as `sys.exit` does, except after an interrupt:
+    every root script ends with `exit_script(run_cli(main))`.
 
-    Ctrl-C or SIGTERM inside Keras's `fit()` leaves its data threads and TensorFlow's running; at the
-    interpreter's normal exit their teardown can abort the process ("terminate called without an
-    active exception", exit -6) after the clean-up has run. So an interrupted script, its files already
-    safe and its message printed, flushes its output and leaves at once with its status.
+    Ctrl-C or SIGTERM inside Keras (a `fit()`, a prediction) can leave its data threads and TensorFlow's
+    running; at the interpreter's normal exit their teardown can abort the process ("terminate called
+    without an active exception", exit -6) after the clean-up has run. So an interrupted script, its
+    files already safe and its message printed, flushes its output and leaves at once with its status.
     """
     if status in INTERRUPTED:
         sys.stdout.flush()

@@ -121,9 +121,12 @@ class QualityModel:
 
     def risk(self, features):
         """The modelled probability that the image's Dice is below `FAILURE_DICE`."""
-        row = (np.asarray(_design_row(features, self.features)) - self.mean) / self.scale
-        logit = float(np.dot(row, self.coefficients) + self.intercept)
-        return float(1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50))))
+        return float(self.risks(np.array([_design_row(features, self.features)]))[0])
+
+    def risks(self, design):
+        """`risk` of each row of a design matrix (`_design_row`s of `features`)."""
+        logits = ((np.asarray(design) - self.mean) / self.scale) @ np.asarray(self.coefficients) + self.intercept
+        return 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
 
     def assess(self, probability):
         """Expected Dice and review flag for one probability map at the model's size.
@@ -237,16 +240,22 @@ def attach_to_keras(quality_model, path):
 def _cross_validated_risks(rows, failed, groups, names, folds):
     """Out-of-fold failure risks of a logistic model over `names`, folds grouped by image (an image's
     shifted copies never sit on both sides)."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
 
     design = np.array([_design_row(row, names) for row in rows])
     risks = np.zeros(len(rows))
     for train, held_out in GroupKFold(folds).split(design, failed, groups):
-        mean, scale = design[train].mean(0), design[train].std(0) + _EPSILON
-        fitted = LogisticRegression().fit((design[train] - mean) / scale, failed[train])
+        mean, scale, fitted = _fit_logistic(design[train], failed[train])
         risks[held_out] = fitted.predict_proba((design[held_out] - mean) / scale)[:, 1]
     return risks
+
+
+def _fit_logistic(design, failed):
+    """The logistic failure model on standardised inputs: `(mean, scale, fitted LogisticRegression)`."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = design.mean(0), design.std(0) + _EPSILON
+    return mean, scale, LogisticRegression().fit((design - mean) / scale, failed)
 
 
 def _fit_expected_dice(risks, dice):
@@ -306,8 +315,7 @@ def fit_quality_model(rows, dice, groups, names, false_flag_rate=0.10, folds=5, 
     expected_oof, review_oof, risk_oof = np.zeros(len(dice)), np.zeros(len(dice), dtype=bool), np.zeros(len(dice))
     for train, held_out in GroupKFold(folds).split(design, failed, groups):
         model = _fit(design[train], dice[train], names, false_flag_rate, threshold)
-        for index in held_out:
-            risk_oof[index] = model.risk(rows[index])
+        risk_oof[held_out] = model.risks(design[held_out])
         expected_oof[held_out] = np.interp(risk_oof[held_out], model.risk_knots, model.dice_knots)
         review_oof[held_out] = risk_oof[held_out] >= model.flag_risk
     model = _fit(design, dice, names, false_flag_rate, threshold)
@@ -322,11 +330,8 @@ def fit_quality_model(rows, dice, groups, names, false_flag_rate=0.10, folds=5, 
 
 
 def _fit(design, dice, names, false_flag_rate, threshold):
-    from sklearn.linear_model import LogisticRegression
-
     failed = dice < FAILURE_DICE
-    mean, scale = design.mean(0), design.std(0) + _EPSILON
-    fitted = LogisticRegression().fit((design - mean) / scale, failed)
+    mean, scale, fitted = _fit_logistic(design, failed)
     risks = fitted.predict_proba((design - mean) / scale)[:, 1]
     isotonic = _fit_expected_dice(risks, dice)
     good_risks = np.sort(risks[~failed])
