@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lesion_unet import hair_removal
-from conftest import REAL_DATA, run_main
+from conftest import NO_REAL_DATA, REAL_DATA, run_main
 
 SKIN, LESION, HAIR = (200, 170, 150), (90, 60, 50), (40, 32, 26)
 
@@ -91,7 +91,7 @@ def test_remove_hair_flag_reaches_the_model_input_and_the_report(trained_run, sy
         assert json.load(handle)["settings"]["remove_hair"] is True
 
 
-@pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=f"real data not found at {REAL_DATA}")
+@pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=NO_REAL_DATA)
 def test_remove_hair_is_what_the_protocol_measured_and_helps_under_drawn_hair():
     """On real validation images with the shipped model: `evaluate_pairs(remove_hair=True)` scores as
     `experiments/dehair_protocol.py` did, and painting drawn hairs over raises Dice (not on every image:

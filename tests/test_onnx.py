@@ -12,7 +12,7 @@ from PIL import Image
 from lesion_unet import inference
 from lesion_unet import lesion_files
 from lesion_unet import settings
-from conftest import REAL_DATA, run_main, run_script
+from conftest import NO_REAL_DATA, REAL_DATA, run_main, run_script
 
 pytest.importorskip("onnxruntime")
 
@@ -137,7 +137,7 @@ def test_export_and_onnx_models_it_cannot_take_are_one_line(exported, tmp_path):
         assert not out.exists()  # refused before the folder was made
 
 
-@pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=f"real data not found at {REAL_DATA}")
+@pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=NO_REAL_DATA)
 def test_pretrained_onnx_matches_keras_on_real_images(tmp_path):
     onnx_path = str(tmp_path / "improved_unet.onnx")
     assert run_main("export.py", "--out", onnx_path).returncode == 0

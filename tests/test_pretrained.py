@@ -13,7 +13,7 @@ from lesion_unet import metrics
 from lesion_unet import scoring
 from lesion_unet import settings
 from lesion_unet import synthetic
-from conftest import REAL_DATA, run_main
+from conftest import NO_REAL_DATA, REAL_DATA, run_main
 
 
 def test_pretrained_model_loads_and_segments_a_synthetic_lesion(tmp_path):
@@ -40,7 +40,7 @@ def test_predict_uses_the_pretrained_model_by_default(tmp_path):
     assert mask.shape == image.shape[:2] and 0 < (mask == 255).mean() < 1
 
 
-@pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=f"real data not found at {REAL_DATA}")
+@pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=NO_REAL_DATA)
 def test_pretrained_dice_on_real_test_images():
     pairs = dataGenerator.find_pairs(*dataGenerator.resolve_folders(REAL_DATA))
     test_ids = dataGenerator.split_pairs(pairs, seed=0)["test"][:50]  # the split it was trained with

@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REAL_DATA
+from conftest import NO_REAL_DATA, REAL_DATA
 from lesion_unet.data import find_pairs, image_size_of, read_mask, resolve_folders
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=f"real data not found at {REAL_DATA}")
+pytestmark = pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=NO_REAL_DATA)
 
 
 def test_real_data_pairs_and_masks():
